@@ -1,0 +1,55 @@
+# Skyport: `make run` runs the services against local RabbitMQ and PostgreSQL, `make test` runs the checks.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+# Services to run with `make run` (default: every service in this repository).
+SERVICES ?=
+
+.PHONY: install services run migrate test unit lint format schemas bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock libs/skyport/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with Skyport and its tools, from the lock file
+
+services:  ## make sure RabbitMQ and PostgreSQL run on localhost
+	deploy/dev/ensure-services
+
+migrate: install services  ## apply pending database migrations
+	$(BIN)/skyport migrate $(SERVICES)
+
+run: migrate  ## run the services in one process against local RabbitMQ and PostgreSQL
+	$(BIN)/skyport run $(or $(SERVICES),all)
+
+test: install services lint  ## lint, then every test tier (unit, integration, e2e) on the real servers
+	$(BIN)/pytest
+
+unit: install  ## the fast tier only: no servers needed
+	$(BIN)/pytest tests/unit
+
+lint: install  ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schemas: install  ## export the event JSON Schemas into schemas/v1
+	$(BIN)/skyport schemas --out schemas/v1
+
+bench: install services  ## benchmarks that print figures (not tests)
+	$(BIN)/python bench/bus.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

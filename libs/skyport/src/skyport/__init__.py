@@ -1,0 +1,1 @@
+"""Skyport shared library."""

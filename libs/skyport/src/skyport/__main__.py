@@ -1,0 +1,7 @@
+"""``python -m skyport`` is the ``skyport`` command."""
+
+import sys
+
+from skyport.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""The ``skyport`` command: run services, migrate their schemas, inspect and replay dead letters, export schemas."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from skyport.bus import create_bus
+from skyport.db.migrations import MigrationChanged, SchemaBehind
+from skyport.logging import configure_logging
+from skyport.runtime import ServiceSpec, migrate, run_services
+from skyport.settings import CommonSettings
+
+# The services of this repository, in the order of the data flow; each is `services.<name>.app:service`.
+SERVICE_NAMES = ("monitor", "receiver", "ingestor", "catalog", "notifier", "gateway")
+
+
+class UsageError(Exception):
+    """A mistake in the command line, reported in one line without a traceback."""
+
+
+def load_service(name: str) -> ServiceSpec:
+    """A service by name (``catalog``) or by import path (``package.module:attribute``)."""
+    module_name, _, attribute = name.partition(":") if ":" in name else (f"services.{name}.app", "", "service")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise UsageError(
+                f"unknown service {name!r}; available: {', '.join(available_services()) or 'none'}"
+            ) from exc
+        raise
+    spec = getattr(module, attribute, None)
+    if not isinstance(spec, ServiceSpec):
+        raise UsageError(f"{module_name}:{attribute} is not a ServiceSpec")
+    return spec
+
+
+def available_services() -> list[str]:
+    names = []
+    for name in SERVICE_NAMES:
+        try:
+            importlib.import_module(f"services.{name}.app")
+        except ModuleNotFoundError:
+            continue
+        names.append(name)
+    return names
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    names = available_services() if args.services == ["all"] else args.services
+    if not names:
+        raise UsageError("no service exists in this repository yet: nothing to run")
+    specs = [load_service(name) for name in names]
+    asyncio.run(run_services(specs))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    names = args.services or available_services()
+    specs = [load_service(name) for name in names]
+    settings = CommonSettings()
+
+    async def main() -> None:
+        for spec in specs:
+            applied = await migrate(spec, settings)
+            print(f"{spec.name}: {len(applied)} migration(s) applied" + (f" ({', '.join(applied)})" if applied else ""))
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+
+    async def main() -> int:
+        bus = create_bus(settings.bus_url, service="skyport-cli")
+        await bus.start()
+        try:
+            if args.dlq_command == "list":
+                letters = await bus.dead_letters(limit=args.limit)
+                if args.json:
+                    for letter in letters:
+                        print(
+                            json.dumps(
+                                {
+                                    "message_id": letter.message_id,
+                                    "queue": letter.queue,
+                                    "routing_key": letter.routing_key,
+                                    "event_type": letter.event_type,
+                                    "reason": letter.reason,
+                                    "attempts": letter.attempts,
+                                    "dead_lettered_at": letter.dead_lettered_at.isoformat()
+                                    if letter.dead_lettered_at
+                                    else None,
+                                    "body": letter.body.decode(errors="replace"),
+                                }
+                            )
+                        )
+                else:
+                    for letter in letters:
+                        when = letter.dead_lettered_at.isoformat(timespec="seconds") if letter.dead_lettered_at else "?"
+                        print(
+                            f"{letter.message_id}  {when}  queue={letter.queue}  type={letter.event_type}  "
+                            f"attempts={letter.attempts}\n    reason: {letter.reason}"
+                        )
+                    print(f"{len(letters)} dead letter(s)" + (" shown (--limit)" if len(letters) == args.limit else ""))
+                return 0
+            if args.dlq_command == "replay":
+                if not args.ids and not args.all:
+                    raise UsageError("name the message ids to replay, or --all")
+                count = await bus.replay_dead_letters(None if args.all else set(args.ids))
+                print(f"{count} dead letter(s) replayed to the queues that failed them")
+                return 0 if args.all or count == len(set(args.ids)) else 1
+            count = await bus.drop_dead_letters(set(args.ids))
+            print(f"{count} dead letter(s) dropped")
+            return 0 if count == len(set(args.ids)) else 1
+        finally:
+            await bus.close()
+
+    return asyncio.run(main())
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from skyport.events.schemas import export_schemas, schema_differences
+
+    directory = Path(args.out)
+    if args.check:
+        problems = schema_differences(directory)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print("run `make schemas` and commit the result", file=sys.stderr)
+        return 1 if problems else 0
+    for path in export_schemas(directory):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skyport", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one or several services in this process")
+    run.add_argument(
+        "services",
+        nargs="+",
+        metavar="NAME",
+        help=f"service names ({', '.join(SERVICE_NAMES)}), 'all', or module:attribute of a ServiceSpec",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    mig = commands.add_parser("migrate", help="apply pending database migrations")
+    mig.add_argument("services", nargs="*", metavar="NAME", help="services to migrate (default: all)")
+    mig.set_defaults(func=_cmd_migrate)
+
+    dlq = commands.add_parser("dlq", help="inspect, replay or drop dead-lettered messages")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = dlq_commands.add_parser("list", help="list dead letters with the reason each failed")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line, with the message body")
+    replay = dlq_commands.add_parser("replay", help="send dead letters back to the queue that failed them")
+    replay.add_argument("ids", nargs="*", metavar="MESSAGE_ID")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    drop = dlq_commands.add_parser("drop", help="delete dead letters for good")
+    drop.add_argument("ids", nargs="+", metavar="MESSAGE_ID")
+    dlq.set_defaults(func=_cmd_dlq)
+
+    schemas = commands.add_parser("schemas", help="export the event JSON Schemas (or --check them)")
+    schemas.add_argument("--out", default="schemas/v1")
+    schemas.add_argument("--check", action="store_true", help="fail when the files and the models disagree")
+    schemas.set_defaults(func=_cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        settings = CommonSettings()
+        configure_logging("console" if sys.stderr.isatty() else settings.log_format, settings.log_level)
+    try:
+        result: int = args.func(args)
+    except UsageError as exc:
+        print(f"skyport: {exc}", file=sys.stderr)
+        return 2
+    except (SchemaBehind, MigrationChanged) as exc:
+        print(f"skyport: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""An asyncpg pool bound to one service's schema, and the embedded PostgreSQL for the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_embedded_servers: dict[Path, Any] = {}
+
+
+def check_identifier(name: str) -> str:
+    """A schema name safe to splice into SQL (PostgreSQL cannot take schema names as parameters)."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a valid schema name (lower-case letters, digits and '_')")
+    return name
+
+
+async def resolve_database_url(url: str) -> str:
+    """The URL to connect to: ``embedded:///folder`` starts (once per process) a PostgreSQL kept there."""
+    parts = urlsplit(url)
+    if parts.scheme != "embedded":
+        return url
+    folder = Path(parts.path)
+    if folder not in _embedded_servers:
+        from pgserver import get_server  # type: ignore[attr-defined]  # the optional 'embedded' extra: PostgreSQL binaries in a wheel
+
+        # pgserver creates the folder and starts postgres with blocking calls; keep the loop free meanwhile.
+        _embedded_servers[folder] = await asyncio.to_thread(get_server, folder, cleanup_mode="stop")
+    uri: str = _embedded_servers[folder].get_uri()
+    return uri
+
+
+class Database:
+    """A connection pool whose connections see ``schema`` first on their search path."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str, schema: str) -> None:
+        self.pool = pool
+        self.url = url
+        self.schema = schema
+
+    @classmethod
+    async def connect(cls, url: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+        real_url = await resolve_database_url(url)
+        check_identifier(schema)
+        pool = await asyncpg.create_pool(
+            real_url,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings={"search_path": f"{schema}, public", "application_name": f"skyport-{schema}"},
+        )
+        assert pool is not None
+        return cls(pool, real_url, schema)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside a transaction that commits when the block ends without an exception."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.pool.close()

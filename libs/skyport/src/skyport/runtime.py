@@ -1,0 +1,226 @@
+"""The service runtime: open resources in order, serve health and metrics, stop cleanly on SIGTERM.
+
+A service is described by a :class:`ServiceSpec`. :func:`run_services` runs one or several specs in one
+process (``skyport run catalog ingestor``): they share the bus connection and the metrics registry, and
+each gets its own database pool on its own schema. The order is fixed:
+
+start:     logging → bus → per service: database (schema checked) → its lifespan → health server
+SIGTERM:   stop consuming (in-flight handlers get ``shutdown_timeout`` seconds, then return their messages
+           unacknowledged) → health server → lifespans in reverse → background tasks → pools → bus
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from skyport.bus import Bus, Subscription, create_bus
+from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
+from skyport.logging import configure_logging
+from skyport.metrics import BusMetrics
+from skyport.settings import CommonSettings
+
+log = structlog.get_logger("skyport.runtime")
+
+Lifespan = Callable[["ServiceContext"], AbstractAsyncContextManager[None]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the runtime needs to know to run a service."""
+
+    name: str
+    settings_class: type[CommonSettings]
+    lifespan: Lifespan
+    migrations: Path | None = None
+    """The service's own migrations folder; the service gets a database (schema ``name``) when set."""
+
+    def migrator(self) -> Migrator:
+        streams = {"skyport": LIBRARY_MIGRATIONS}
+        if self.migrations is not None:
+            streams[self.name] = self.migrations
+        return Migrator(self.name, streams)
+
+
+@dataclass
+class ServiceContext:
+    """The per-process resources of one service, handed to its lifespan."""
+
+    name: str
+    settings: CommonSettings
+    bus: Bus
+    metrics: BusMetrics
+    db: Database | None = None
+    log: structlog.stdlib.BoundLogger = field(default_factory=lambda: structlog.get_logger("skyport"))
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def database(self) -> Database:
+        if self.db is None:
+            raise RuntimeError(f"service {self.name} declares no migrations and so has no database")
+        return self.db
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        """Consume a queue; the subscription is labelled with this service in the metrics."""
+        await self.bus.subscribe(replace(subscription, service=self.name))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run a background task for the life of the service; a crash in it is logged, then stops the process."""
+        task = asyncio.create_task(coro, name=f"{self.name}: {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task crashed", task=task.get_name(), exc_info=task.exception())
+            _request_stop()
+
+    def start_outbox_relay(self) -> OutboxRelay:
+        relay = OutboxRelay(self.database, self.bus, metrics=self.metrics, service=self.name)
+        self.spawn(relay.run(), "outbox relay")
+        return relay
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_stop_event: asyncio.Event | None = None
+
+
+def _request_stop() -> None:
+    if _stop_event is not None:
+        _stop_event.set()
+
+
+class HealthServer:
+    """``/healthz`` (the process is alive), ``/readyz`` (broker and databases reachable), ``/metrics``."""
+
+    def __init__(self, bus: Bus, databases: Sequence[Database], registry: CollectorRegistry) -> None:
+        self.bus = bus
+        self.databases = databases
+        self.registry = registry
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/metrics", self.metrics)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = {"bus": await self.bus.ping()}
+        for db in self.databases:
+            checks[f"database:{db.schema}"] = await db.ping()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def migrate(spec: ServiceSpec, settings: CommonSettings) -> list[str]:
+    """Apply the spec's pending migrations; returns what was applied."""
+    db = await Database.connect(settings.database_url, spec.name, min_size=1, max_size=1)
+    try:
+        async with db.pool.acquire() as conn:
+            return [str(m) for m in await spec.migrator().apply(conn)]
+    finally:
+        await db.close()
+
+
+async def run_services(specs: Sequence[ServiceSpec], *, stop: asyncio.Event | None = None) -> None:
+    """Run ``specs`` in this process until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order."""
+    global _stop_event
+    if not specs:
+        raise ValueError("no service to run")
+    common = CommonSettings()
+    configure_logging(common.log_format, common.log_level)
+    stop = stop or asyncio.Event()
+    _stop_event = stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    names = [spec.name for spec in specs]
+    registry = CollectorRegistry()
+    metrics = BusMetrics(registry)
+    bus_service = names[0] if len(names) == 1 else "skyport"
+    async with AsyncExitStack() as stack:
+        bus = create_bus(common.bus_url, metrics=metrics, service=bus_service, publish_timeout=common.publish_timeout)
+        await bus.start()
+        stack.push_async_callback(bus.close)
+        databases: list[Database] = []
+        for spec in specs:
+            settings = spec.settings_class()
+            ctx = ServiceContext(
+                spec.name, settings, bus, metrics, log=structlog.get_logger("skyport").bind(service=spec.name)
+            )
+            if spec.migrations is not None:
+                ctx.db = await _open_database(spec, settings)
+                stack.push_async_callback(ctx.db.close)
+                databases.append(ctx.db)
+            stack.push_async_callback(ctx.cancel_tasks)
+            await stack.enter_async_context(spec.lifespan(ctx))
+            log.info("service started", service=spec.name)
+        health = HealthServer(bus, databases, registry)
+        await health.start(common.health_host, common.health_port)
+        stack.push_async_callback(health.stop)
+        log.info("ready", services=names, health_port=health.port)
+        await stop.wait()
+        log.info("shutting down", services=names, timeout=common.shutdown_timeout)
+        await bus.stop_consuming(common.shutdown_timeout)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+    _stop_event = None
+    log.info("stopped", services=names)
+
+
+async def _open_database(spec: ServiceSpec, settings: CommonSettings) -> Database:
+    db = await Database.connect(settings.database_url, spec.name)
+    try:
+        async with db.pool.acquire() as conn:
+            migrator = spec.migrator()
+            if settings.migrate_on_start:
+                await migrator.apply(conn)
+            else:
+                await migrator.check(conn)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def run_service(spec: ServiceSpec) -> None:
+    """The ``python -m services.<name>`` entry point: run one service alone in this process."""
+    asyncio.run(run_services([spec]))

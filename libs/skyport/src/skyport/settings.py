@@ -1,0 +1,55 @@
+"""Settings shared by every Skyport service, read from ``SKYPORT_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: where the bus and the database are, how to log, where to serve health.
+
+    Each service subclasses this with its own fields; all of them share the ``SKYPORT_`` prefix so that
+    one environment configures a whole deployment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SKYPORT_", extra="ignore", frozen=True)
+
+    bus_url: str = Field(
+        default="amqp://guest:guest@localhost:5672/",
+        description="The event bus: an AMQP URL (amqp://user:password@host:port/vhost) or memory:// "
+        "for the in-process bus of the embedded mode.",
+    )
+    database_url: str = Field(
+        default="postgresql://postgres@localhost:5432/skyport",
+        description="PostgreSQL URL, or embedded:///path/to/folder to start an embedded PostgreSQL "
+        "(pgserver) that keeps its data in that folder.",
+    )
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="json: one JSON object per line (production); console: readable lines."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The lowest level that is logged."
+    )
+    health_host: str = Field(default="0.0.0.0", description="Address of the /healthz, /readyz, /metrics server.")
+    health_port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="Port of the /healthz, /readyz, /metrics server (0: any free port).",
+    )
+    shutdown_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds that in-flight work may take to finish after SIGTERM before it is returned to its queue.",
+    )
+    migrate_on_start: bool = Field(
+        default=False,
+        description="Apply pending database migrations at start instead of refusing to start "
+        "(the embedded mode sets it; production runs `skyport migrate` as a release step).",
+    )
+    publish_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a publish may wait for the broker's confirm before it fails."
+    )

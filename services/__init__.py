@@ -1,0 +1,1 @@
+"""Skyport services: one package each (monitor, receiver, ingestor, catalog, notifier, gateway)."""

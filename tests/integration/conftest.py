@@ -1,0 +1,45 @@
+"""Integration fixtures: the real RabbitMQ and PostgreSQL on localhost, and per-test schemas."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
+from tests.support.servers import AMQP_URL, DATABASE_URL, ensure_postgresql, ensure_rabbitmq
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers() -> None:
+    ensure_rabbitmq()
+    ensure_postgresql()
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return AMQP_URL
+
+
+@pytest.fixture
+def database_url() -> str:
+    return DATABASE_URL
+
+
+@pytest.fixture
+async def database(unique: str) -> AsyncIterator[Database]:
+    """A pool on a fresh schema with the library's tables (outbox, processed_events), dropped afterwards."""
+    schema = f"test_{unique}"
+    db = await Database.connect(DATABASE_URL, schema, min_size=1, max_size=6)
+    async with db.pool.acquire() as conn:
+        await Migrator(schema, {"skyport": LIBRARY_MIGRATIONS}).apply(conn)
+    try:
+        yield db
+    finally:
+        await db.close()
+        conn = await asyncpg.connect(DATABASE_URL)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()

@@ -1,0 +1,205 @@
+"""The transactional outbox and idempotent consumers, on the real PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from skyport.bus import Bus, OutgoingMessage, Subscription, create_bus
+from skyport.db import Database, OutboxRelay, enqueue, idempotent
+from skyport.events import CloudEvent, IngestCompleted
+from tests.support.waiting import eventually
+
+
+@pytest.fixture
+async def bus(amqp_url: str, unique: str) -> AsyncIterator[Bus]:
+    bus = create_bus(amqp_url, service=f"test-{unique}")
+    await bus.start()
+    yield bus
+    await bus.close()
+
+
+def completed(archive_id: str, version: int = 1) -> CloudEvent[IngestCompleted]:
+    return CloudEvent.create(
+        IngestCompleted(transfer_id=f"t-{archive_id}-{version}", archive_id=archive_id, version=version),
+        source="/skyport/tests",
+    )
+
+
+class Received:
+    def __init__(self) -> None:
+        self.events: list[CloudEvent[Any]] = []
+
+    async def __call__(self, event: CloudEvent[Any]) -> None:
+        self.events.append(event)
+
+    @property
+    def ids(self) -> Counter[str]:
+        return Counter(e.id for e in self.events)
+
+
+class CrashBeforePublish(Bus):
+    """A bus whose publish never returns: the relay process 'dies' holding committed, unsent rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = asyncio.Event()
+
+    async def publish_message(self, message: OutgoingMessage) -> None:
+        self.reached.set()
+        await asyncio.Event().wait()
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def subscribe(self, subscription: Subscription) -> None: ...
+    async def stop_consuming(self, timeout: float) -> None: ...
+    async def ping(self) -> bool:
+        return True
+
+    async def dead_letters(self, limit: int = 100) -> list[Any]:
+        return []
+
+    async def replay_dead_letters(self, message_ids: Any = None) -> int:
+        return 0
+
+    async def drop_dead_letters(self, message_ids: Any) -> int:
+        return 0
+
+
+class CrashAfterPublish(OutboxRelay):
+    """A relay that dies after the broker confirmed its batch and before it marked the rows sent."""
+
+    async def mark_sent(self, row_ids: list[int]) -> None:
+        raise asyncio.CancelledError
+
+
+async def _unsent(db: Database) -> int:
+    return int(await db.pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+
+async def test_an_event_rolled_back_with_its_transaction_is_never_published(
+    database: Database, bus: Bus, unique: str
+) -> None:
+    received = Received()
+    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received))
+    kept, dropped = completed(f"A{unique}"), completed(f"B{unique}")
+    with pytest.raises(RuntimeError, match="the business change failed"):  # noqa: PT012
+        async with database.transaction() as conn:
+            await enqueue(conn, dropped)
+            raise RuntimeError("the business change failed")
+    async with database.transaction() as conn:
+        await enqueue(conn, kept)
+    relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.2).run())
+    try:
+        await eventually(lambda: kept.id in received.ids, what="the committed event")
+        assert dropped.id not in received.ids
+    finally:
+        relay.cancel()
+
+
+async def test_a_relay_stopped_after_the_commit_and_before_the_publish_delivers_after_restart(
+    database: Database, bus: Bus, unique: str
+) -> None:
+    received = Received()
+    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received))
+    event = completed(f"A{unique}")
+    async with database.transaction() as conn:
+        await enqueue(conn, event)
+
+    crashing_bus = CrashBeforePublish()
+    doomed = asyncio.create_task(OutboxRelay(database, crashing_bus, poll_interval=0.2).run())
+    await asyncio.wait_for(crashing_bus.reached.wait(), 10)
+    doomed.cancel()  # the relay dies holding the row it had read
+    await asyncio.gather(doomed, return_exceptions=True)
+    assert await _unsent(database) == 1
+    assert received.events == []
+
+    relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.2).run())
+    try:
+        await eventually(lambda: received.ids == Counter({event.id: 1}), what="the event after restart")
+        await eventually(lambda: _is_zero(_unsent(database)), what="the row marked sent")
+    finally:
+        relay.cancel()
+
+
+async def test_a_crash_between_publish_and_mark_is_absorbed_by_the_idempotent_consumer(
+    database: Database, bus: Bus, unique: str
+) -> None:
+    await database.pool.execute("CREATE TABLE archived_versions (archive_id text, version int)")
+
+    async def record_version(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
+        await conn.execute("INSERT INTO archived_versions VALUES ($1, $2)", event.data.archive_id, event.data.version)
+
+    deliveries = Received()
+    handle = idempotent(database, "catalog-test", record_version)
+
+    async def consumer(event: CloudEvent[Any]) -> None:
+        await deliveries(event)
+        await handle(event)
+
+    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), consumer))
+    events = [completed(f"A{unique}", version) for version in (1, 2, 3)]
+    async with database.transaction() as conn:
+        for event in events:
+            await enqueue(conn, event)
+
+    crashing = asyncio.create_task(CrashAfterPublish(database, bus, poll_interval=0.2).run())
+    await eventually(lambda: len(deliveries.events) == 3, what="the first delivery of the three events")
+    crashing.cancel()
+    await asyncio.gather(crashing, return_exceptions=True)
+    assert await _unsent(database) == 3  # published, but the relay died before saying so
+
+    relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.2).run())
+    try:
+        await eventually(lambda: len(deliveries.events) == 6, what="the re-publication after restart")
+        await eventually(lambda: _is_zero(_unsent(database)), what="the rows marked sent")
+    finally:
+        relay.cancel()
+    assert deliveries.ids == Counter({e.id: 2 for e in events})  # each delivered twice ...
+    rows = await database.pool.fetch("SELECT archive_id, version FROM archived_versions ORDER BY version")
+    assert [(r["archive_id"], r["version"]) for r in rows] == [(f"A{unique}", v) for v in (1, 2, 3)]  # ... once
+
+
+async def test_events_of_one_subject_are_published_in_commit_order(database: Database, bus: Bus, unique: str) -> None:
+    received = Received()
+    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received, prefetch=1))
+    subjects = [f"A{unique}", f"B{unique}", f"C{unique}"]
+    async with database.transaction() as conn:
+        for version in range(1, 41):
+            for subject in subjects:
+                await enqueue(conn, completed(subject, version))
+    relay = asyncio.create_task(OutboxRelay(database, bus, batch_size=25, poll_interval=0.2).run())
+    try:
+        await eventually(lambda: len(received.events) == 120, what="all 120 events")
+    finally:
+        relay.cancel()
+    for subject in subjects:
+        versions = [e.data.version for e in received.events if e.data.archive_id == subject]
+        assert versions == list(range(1, 41))
+
+
+async def test_only_one_relay_publishes_for_a_schema(database: Database, bus: Bus, unique: str) -> None:
+    received = Received()
+    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received))
+    relays = [asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.1).run()) for _ in range(3)]
+    try:
+        events = [completed(f"A{unique}", v) for v in range(1, 51)]
+        for event in events:
+            async with database.transaction() as conn:
+                await enqueue(conn, event)
+        await eventually(lambda: len(received.events) >= 50, what="all events")
+        await asyncio.sleep(0.5)
+    finally:
+        for relay in relays:
+            relay.cancel()
+    assert received.ids == Counter({e.id: 1 for e in events})
+    assert [e.data.version for e in received.events] == list(range(1, 51))
+
+
+async def _is_zero(value: Any) -> bool:
+    return await value == 0

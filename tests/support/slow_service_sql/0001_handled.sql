@@ -1,0 +1,4 @@
+CREATE TABLE handled (
+    event_id   text PRIMARY KEY,
+    handled_at timestamptz NOT NULL DEFAULT now()
+);
