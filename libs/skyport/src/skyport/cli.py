@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("ids", nargs="+", metavar="MESSAGE_ID")
     dlq.set_defaults(func=_cmd_dlq)
 
+    for name in SERVICE_NAMES:  # services add their own subcommands (`skyport monitor status`, ...)
+        try:
+            service_cli = importlib.import_module(f"services.{name}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and f"services.{name}.cli".startswith(exc.name):
+                continue
+            raise
+        service_cli.add_commands(commands)
+
     schemas = commands.add_parser("schemas", help="export the event JSON Schemas (or --check them)")
     schemas.add_argument("--out", default="schemas/v1")
     schemas.add_argument("--check", action="store_true", help="fail when the files and the models disagree")

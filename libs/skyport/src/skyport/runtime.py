@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,11 +29,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from skyport.bus import Bus, Subscription, create_bus
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
+from skyport.db.idempotency import forget_processed_events
 from skyport.logging import configure_logging
 from skyport.metrics import BusMetrics
 from skyport.settings import CommonSettings
 
 log = structlog.get_logger("skyport.runtime")
+
+# Longer than the outbox keeps sent rows and than any message waits in a queue or the dead-letter queue
+# before an operator replays it: a duplicate older than this would be handled twice.
+EVENT_ID_RETENTION = timedelta(days=30)
 
 Lifespan = Callable[["ServiceContext"], AbstractAsyncContextManager[None]]
 
@@ -45,6 +52,8 @@ class ServiceSpec:
     lifespan: Lifespan
     migrations: Path | None = None
     """The service's own migrations folder; the service gets a database (schema ``name``) when set."""
+    uses_bus: bool = True
+    """False for a service that never touches the broker (the monitor talks HTTP to the archive)."""
 
     def migrator(self) -> Migrator:
         streams = {"skyport": LIBRARY_MIGRATIONS}
@@ -59,17 +68,33 @@ class ServiceContext:
 
     name: str
     settings: CommonSettings
-    bus: Bus
+    bus_or_none: Bus | None
     metrics: BusMetrics
     db: Database | None = None
     log: structlog.stdlib.BoundLogger = field(default_factory=lambda: structlog.get_logger("skyport"))
+    readiness_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
+    stop_hooks: list[Callable[[float], Awaitable[None]]] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def bus(self) -> Bus:
+        if self.bus_or_none is None:
+            raise RuntimeError(f"service {self.name} is declared with uses_bus=False")
+        return self.bus_or_none
 
     @property
     def database(self) -> Database:
         if self.db is None:
             raise RuntimeError(f"service {self.name} declares no migrations and so has no database")
         return self.db
+
+    def on_stop(self, hook: Callable[[float], Awaitable[None]]) -> None:
+        """Call ``hook(timeout)`` when the process is told to stop, beside the bus's own stop of consumers.
+
+        For work that does not come from the bus (uploads, file watching): stop taking new work, and give
+        what is in flight up to ``timeout`` seconds.
+        """
+        self.stop_hooks.append(hook)
 
     async def subscribe(self, subscription: Subscription) -> None:
         """Consume a queue; the subscription is labelled with this service in the metrics."""
@@ -111,9 +136,16 @@ def _request_stop() -> None:
 class HealthServer:
     """``/healthz`` (the process is alive), ``/readyz`` (broker and databases reachable), ``/metrics``."""
 
-    def __init__(self, bus: Bus, databases: Sequence[Database], registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        bus: Bus | None,
+        databases: Sequence[Database],
+        registry: CollectorRegistry,
+        checks: dict[str, Callable[[], Awaitable[bool]]],
+    ) -> None:
         self.bus = bus
         self.databases = databases
+        self.checks = checks
         self.registry = registry
         self.app = web.Application()
         self.app.router.add_get("/healthz", self.healthz)
@@ -137,9 +169,11 @@ class HealthServer:
         return web.json_response({"status": "alive"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        checks = {"bus": await self.bus.ping()}
+        checks = {} if self.bus is None else {"bus": await self.bus.ping()}
         for db in self.databases:
             checks[f"database:{db.schema}"] = await db.ping()
+        for name, check in self.checks.items():
+            checks[name] = await check()
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
@@ -171,39 +205,73 @@ async def run_services(specs: Sequence[ServiceSpec], *, stop: asyncio.Event | No
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    try:
+        await _run(specs, common, stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        _stop_event = None
+
+
+async def _run(specs: Sequence[ServiceSpec], common: CommonSettings, stop: asyncio.Event) -> None:
     names = [spec.name for spec in specs]
     registry = CollectorRegistry()
     metrics = BusMetrics(registry)
     bus_service = names[0] if len(names) == 1 else "skyport"
     async with AsyncExitStack() as stack:
-        bus = create_bus(common.bus_url, metrics=metrics, service=bus_service, publish_timeout=common.publish_timeout)
-        await bus.start()
-        stack.push_async_callback(bus.close)
+        bus: Bus | None = None
+        if any(spec.uses_bus for spec in specs):
+            bus = create_bus(
+                common.bus_url, metrics=metrics, service=bus_service, publish_timeout=common.publish_timeout
+            )
+            await bus.start()
+            stack.push_async_callback(bus.close)
         databases: list[Database] = []
+        contexts: list[ServiceContext] = []
         for spec in specs:
             settings = spec.settings_class()
             ctx = ServiceContext(
-                spec.name, settings, bus, metrics, log=structlog.get_logger("skyport").bind(service=spec.name)
+                spec.name,
+                settings,
+                bus if spec.uses_bus else None,
+                metrics,
+                log=structlog.get_logger("skyport").bind(service=spec.name),
             )
+            contexts.append(ctx)
             if spec.migrations is not None:
                 ctx.db = await _open_database(spec, settings)
                 stack.push_async_callback(ctx.db.close)
                 databases.append(ctx.db)
             stack.push_async_callback(ctx.cancel_tasks)
+            if ctx.db is not None:
+                ctx.spawn(_forget_old_events(ctx.db), "forget old event ids")
             await stack.enter_async_context(spec.lifespan(ctx))
             log.info("service started", service=spec.name)
-        health = HealthServer(bus, databases, registry)
+        checks = {f"{ctx.name}:{name}": check for ctx in contexts for name, check in ctx.readiness_checks.items()}
+        health = HealthServer(bus, databases, registry, checks)
         await health.start(common.health_host, common.health_port)
         stack.push_async_callback(health.stop)
         log.info("ready", services=names, health_port=health.port)
         await stop.wait()
         log.info("shutting down", services=names, timeout=common.shutdown_timeout)
-        await bus.stop_consuming(common.shutdown_timeout)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(sig)
-    _stop_event = None
+        timeout = common.shutdown_timeout
+        stopping = [hook(timeout) for ctx in contexts for hook in ctx.stop_hooks]
+        if bus is not None:
+            stopping.append(bus.stop_consuming(timeout))
+        await asyncio.gather(*stopping)
     log.info("stopped", services=names)
+
+
+async def _forget_old_events(db: Database) -> None:
+    """Hourly, forget handled event ids older than any redelivery can be (the table would grow forever)."""
+    while True:
+        try:
+            async with db.transaction() as conn:
+                await forget_processed_events(conn, EVENT_ID_RETENTION)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("could not forget old event ids", schema=db.schema, error=repr(exc))
+        await asyncio.sleep(3600)
 
 
 async def _open_database(spec: ServiceSpec, settings: CommonSettings) -> Database:
