@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from skyport import simulator
 from skyport.bus import create_bus
 from skyport.db.migrations import MigrationChanged, SchemaBehind
 from skyport.logging import configure_logging
@@ -179,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         service_cli.add_commands(commands)
+
+    simulate = commands.add_parser("simulate", help="write a simulated observing night of FITS files")
+    simulator.add_arguments(simulate)
+    simulate.set_defaults(func=simulator.main)
 
     schemas = commands.add_parser("schemas", help="export the event JSON Schemas (or --check them)")
     schemas.add_argument("--out", default="schemas/v1")
