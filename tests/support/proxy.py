@@ -7,10 +7,16 @@ import contextlib
 
 
 class FreezableProxy:
-    """Forwards 127.0.0.1:<port> to a server; while frozen, nothing from the server reaches the client."""
+    """Forwards 127.0.0.1:<port> to a server; while frozen, nothing from the server reaches the client.
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    With ``corrupt_at``, the byte at that offset of the first client connection that sends so much is
+    flipped once on its way to the server: corruption in transit, which only a checksum can catch.
+    """
+
+    def __init__(self, target_host: str, target_port: int, *, corrupt_at: int | None = None) -> None:
         self.target = (target_host, target_port)
+        self.corrupt_at = corrupt_at
+        self.corrupted = False
         self.port = 0
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -41,10 +47,17 @@ class FreezableProxy:
             self._tasks.add(task)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_server: bool) -> None:
+        sent = 0
         try:
             while data := await reader.read(65536):
                 if from_server:
                     await self._flowing.wait()
+                elif self.corrupt_at is not None and not self.corrupted and sent <= self.corrupt_at < sent + len(data):
+                    flipped = bytearray(data)
+                    flipped[self.corrupt_at - sent] ^= 0xFF
+                    data = bytes(flipped)
+                    self.corrupted = True
+                sent += len(data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):

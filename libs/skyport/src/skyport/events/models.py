@@ -44,6 +44,8 @@ class TransferReceived(EventData):
     mission: str
     instrument: str
     level: str
+    propid: str
+    obset: str | None = None
     original_filename: str
     staged_path: str = Field(description="Where the verified file waits, relative to the staging root.")
     size_bytes: int = Field(ge=0)

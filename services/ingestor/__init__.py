@@ -1,0 +1,1 @@
+"""The ingestor: takes verified files from staging into archive storage, one version at a time."""

@@ -1,0 +1,1 @@
+"""Adapters of the ingestor: the transfer.received consumer."""

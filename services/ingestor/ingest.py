@@ -1,0 +1,202 @@
+"""Ingesting one staged file: verify it, detect re-ingestion, store it as a version, and say so."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from skyport.fits import InvalidFile, sha256_file, verify_fits
+from skyport.instruments import InstrumentCatalog
+
+from services.ingestor.archive import ArchiveStorage, safe_relative
+from services.ingestor.storage import ArchiveStore
+from skyport.db import enqueue
+from skyport.events import CloudEvent, FileArchived, IngestCompleted, IngestFailed, TransferReceived
+
+SOURCE = "/skyport/ingestor"
+
+log = structlog.get_logger("skyport.ingestor")
+
+
+class IngestRejected(Exception):
+    """The transfer cannot be archived as it stands; the reason goes back to the observatory."""
+
+
+@dataclass
+class Ingestor:
+    staging_root: Path
+    storage: ArchiveStorage
+    instruments: InstrumentCatalog
+
+    async def handle(self, conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
+        """The transfer.received handler: runs inside the consumer's transaction (idempotent on the event id)."""
+        received: TransferReceived = event.data
+        try:
+            await self._ingest(conn, received, event.correlationid)
+        except IngestRejected as exc:
+            log.warning("ingest failed", transfer_id=received.transfer_id, reason=str(exc))
+            await enqueue(
+                conn,
+                CloudEvent.create(
+                    IngestFailed(transfer_id=received.transfer_id, archive_id=received.archive_id, reason=str(exc)),
+                    source=SOURCE,
+                    correlation_id=event.correlationid,
+                ),
+            )
+            await asyncio.to_thread(self._set_aside, received)
+
+    async def _ingest(self, conn: asyncpg.Connection, received: TransferReceived, correlation_id: str | None) -> None:
+        store = ArchiveStore(conn)
+        await store.lock(received.archive_id)
+        versions = await store.versions(received.archive_id)
+        same_content = next((v for v in versions if v.sha256 == received.sha256), None)
+        if same_content is not None:
+            # The same bytes again under the same archive ID: acknowledged, not stored twice.
+            await enqueue(conn, self._completed(received, same_content.version, correlation_id, duplicate=True))
+            await asyncio.to_thread(self._discard_staged, received)
+            log.info("duplicate of an archived version", archive_id=received.archive_id, version=same_content.version)
+            return
+
+        version = max((v.version for v in versions), default=0) + 1
+        relative = self.storage.relative_path(
+            received.mission,
+            received.instrument,
+            _ut_date(received),
+            received.archive_id,
+            version,
+            received.original_filename,
+        )
+        staged = self._staged_path(received)
+        if await asyncio.to_thread(staged.exists):
+            await asyncio.to_thread(self._verify_staged, staged, received)
+            await asyncio.to_thread(self.storage.move_in, staged, relative, received.size_bytes, received.sha256)
+        elif await asyncio.to_thread(self.storage.path(relative).exists):
+            # A previous attempt moved the file and died before its commit: check what it left.
+            await asyncio.to_thread(self.storage.verify, relative, received.size_bytes, received.sha256)
+        else:
+            raise IngestRejected(f"the staged file {received.staged_path} is missing")
+
+        archived_at = await store.add(
+            archive_id=received.archive_id,
+            version=version,
+            sha256=received.sha256,
+            size_bytes=received.size_bytes,
+            storage_path=relative,
+            mission=received.mission,
+            instrument=received.instrument,
+            level=received.level,
+            original_filename=received.original_filename,
+            transfer_id=received.transfer_id,
+        )
+        await enqueue(conn, self._archived(received, version, relative, archived_at, correlation_id))
+        await enqueue(conn, self._completed(received, version, correlation_id, duplicate=False))
+        log.info("file archived", archive_id=received.archive_id, version=version, bytes=received.size_bytes)
+
+    def _staged_path(self, received: TransferReceived) -> Path:
+        try:
+            return self.staging_root / safe_relative(received.staged_path)
+        except ValueError as exc:
+            raise IngestRejected(str(exc)) from exc
+
+    def _verify_staged(self, staged: Path, received: TransferReceived) -> None:
+        """The staged bytes are the manifest's, the file is valid FITS, and its header says what the manifest says."""
+        digest, size = sha256_file(staged)
+        if (digest, size) != (received.sha256, received.size_bytes):
+            raise IngestRejected(
+                f"staged file has {size} bytes with sha256 {digest}; the manifest says {received.size_bytes} "
+                f"bytes with sha256 {received.sha256}"
+            )
+        try:
+            summary = verify_fits(staged)
+            instrument = self.instruments.instrument(received.mission, received.instrument)
+        except InvalidFile as exc:
+            raise IngestRejected(f"not a valid FITS file: {exc}") from exc
+        except KeyError as exc:
+            raise IngestRejected(f"unknown instrument {received.mission}/{received.instrument}") from exc
+        products = [
+            p
+            for p in instrument.products
+            if p.level == received.level and fnmatch.fnmatch(received.original_filename, p.pattern)
+        ]
+        if not products:
+            raise IngestRejected(
+                f"{received.original_filename} is not a level-{received.level} product of {instrument.name}"
+            )
+        try:
+            evaluation = instrument.evaluate(summary.header, received.original_filename, products[0])
+        except InvalidFile as exc:
+            raise IngestRejected(f"header does not satisfy the {instrument.name} rules: {exc}") from exc
+        claimed = (received.archive_id, received.level, received.propid)
+        found = (evaluation.archive_id, evaluation.level, evaluation.propid)
+        if claimed != found:
+            raise IngestRejected(f"the manifest says archive ID, level, program {claimed} but the header gives {found}")
+
+    def _discard_staged(self, received: TransferReceived) -> None:
+        with contextlib.suppress(FileNotFoundError, IngestRejected):
+            self._staged_path(received).unlink()
+
+    def _set_aside(self, received: TransferReceived) -> None:
+        """Keep a rejected file for inspection, out of the way of new transfers."""
+        with contextlib.suppress(FileNotFoundError, IngestRejected):
+            staged = self._staged_path(received)
+            rejected = self.staging_root / ".rejected"
+            rejected.mkdir(exist_ok=True)
+            staged.rename(rejected / received.transfer_id)
+
+    def _completed(
+        self, received: TransferReceived, version: int, correlation_id: str | None, *, duplicate: bool
+    ) -> CloudEvent[IngestCompleted]:
+        return CloudEvent.create(
+            IngestCompleted(
+                transfer_id=received.transfer_id, archive_id=received.archive_id, version=version, duplicate=duplicate
+            ),
+            source=SOURCE,
+            correlation_id=correlation_id,
+        )
+
+    def _archived(
+        self,
+        received: TransferReceived,
+        version: int,
+        relative: str,
+        archived_at: datetime,
+        correlation_id: str | None,
+    ) -> CloudEvent[FileArchived]:
+        return CloudEvent.create(
+            FileArchived(
+                archive_id=received.archive_id,
+                version=version,
+                mission=received.mission,
+                instrument=received.instrument,
+                level=received.level,
+                propid=received.propid,
+                obset=received.obset,
+                original_filename=received.original_filename,
+                storage_path=relative,
+                size_bytes=received.size_bytes,
+                sha256=received.sha256,
+                archived_at=archived_at,
+                written_at=received.written_at,
+                metadata=received.metadata,
+                transfer_id=received.transfer_id,
+            ),
+            source=SOURCE,
+            correlation_id=correlation_id,
+        )
+
+
+def _ut_date(received: TransferReceived) -> date:
+    observed = received.metadata.get("observed_at")
+    if isinstance(observed, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(observed).date()
+    if received.written_at is not None:
+        return received.written_at.date()
+    raise IngestRejected("neither the observation time nor the write time is known: no UT date for storage")

@@ -1,0 +1,81 @@
+"""The monitor's side of the transfer API: send a manifest, stream the bytes, follow the transfer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from skyport.transfer import Manifest, TransferState, TransferStatus
+
+
+class TransientUploadError(Exception):
+    """Try again later: the archive is down, busy, or the network failed."""
+
+
+class UploadRejected(Exception):
+    """The archive will never take this file as it is; the reason is the archive's."""
+
+
+class ContentMismatch(Exception):
+    """The archive received other bytes than the manifest describes: evaluate the file again."""
+
+
+class ArchiveClient:
+    def __init__(self, base_url: str, token: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def send(self, manifest: Manifest, path: Path) -> TransferStatus:
+        """Create (or find) the transfer and upload its content unless the archive has it already."""
+        status = await self._call("POST", "/v1/transfers", json=manifest.model_dump(mode="json"))
+        if status.state is not TransferState.CREATED or manifest.shared_path is not None:
+            return status
+        with await asyncio.to_thread(path.open, "rb") as content:
+            return await self._call(
+                "PUT",
+                f"/v1/transfers/{status.transfer_id}/content",
+                data=content,
+                headers={"Content-Type": "application/fits", "Content-Length": str(manifest.size_bytes)},
+            )
+
+    async def status(self, transfer_id: str) -> TransferStatus:
+        return await self._call("GET", f"/v1/transfers/{transfer_id}")
+
+    async def _call(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> TransferStatus:
+        try:
+            async with self.session.request(
+                method, self.base_url + path, headers={**self.headers, **(headers or {})}, **kwargs
+            ) as response:
+                body = await response.read()
+                if response.status in (200, 201):
+                    return TransferStatus.model_validate_json(body)
+                reason = _reason(body) or response.reason or "no reason given"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransientUploadError(f"archive unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status == 422 and reason.startswith("checksum mismatch"):
+            raise ContentMismatch(reason)
+        if response.status in (413, 422):
+            raise UploadRejected(f"HTTP {response.status}: {reason}")
+        if response.status == 401:
+            raise TransientUploadError(f"the archive refused this site's credential: {reason}")
+        raise TransientUploadError(f"HTTP {response.status} from the archive: {reason}")
+
+
+def _reason(body: bytes) -> str | None:
+    try:
+        import json
+
+        document = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")[:500] or None
+    if isinstance(document, dict):
+        detail = document.get("errors")
+        message = str(document.get("error", ""))
+        return f"{message}: {detail}" if detail else message
+    return None

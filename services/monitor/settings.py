@@ -1,0 +1,50 @@
+"""The monitor's settings: what it watches, where it keeps its journal, and where the archive is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from skyport.settings import CommonSettings
+
+
+class MonitorSettings(CommonSettings):
+    watch_root: Path = Field(
+        default=Path("var/observatory"),
+        description="The instruments' output tree; the instrument configurations name folders below it.",
+    )
+    instruments_dir: Path = Field(
+        default=Path("deploy/instruments"), description="The instrument configuration files (one TOML each)."
+    )
+    journal_path: Path = Field(
+        default=Path("var/monitor/journal.sqlite3"),
+        description="The monitor's journal (SQLite on local disk): every file from detection to ingestion.",
+    )
+    receiver_url: str = Field(default="http://localhost:8081", description="The archive's transfer API.")
+    site_token: SecretStr = Field(
+        default=SecretStr(""), description="This site's credential for the transfer API (`skyport receiver add-site`)."
+    )
+    shared_filesystem: bool = Field(
+        default=False,
+        description="Send only the manifest: the receiver reads the file from a shared mount of watch_root.",
+    )
+    dep_concurrency: int = Field(default=2, ge=1, description="Files evaluated (validated, hashed) at once.")
+    upload_concurrency: int = Field(default=4, ge=1, description="Files uploaded at once.")
+    settle_seconds: float = Field(
+        default=0.1,
+        ge=0,
+        description="A complete-looking file must keep its size this long before it is taken (writers that "
+        "append extensions).",
+    )
+    incomplete_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="A file that never looks complete but has not changed for this long is evaluated anyway, "
+        "so a truncated file is reported instead of waited for.",
+    )
+    rescan_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between full rescans of watch_root, the safety net under inotify."
+    )
+    follow_interval: float = Field(default=0.5, gt=0, description="Seconds between status checks of uploaded files.")
+    max_retry_delay: float = Field(default=60.0, gt=0, description="Longest back-off between two attempts.")

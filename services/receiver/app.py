@@ -1,0 +1,60 @@
+"""Wiring of the receiver: the transfer API, the outbox relay, and the ingest-result consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from aiohttp import web
+
+from services.receiver.handlers.events import on_ingest_result
+from services.receiver.handlers.http import ReceiverMetrics, TransferApi
+from services.receiver.settings import ReceiverSettings
+from skyport.bus import Subscription
+from skyport.db import idempotent
+from skyport.events import IngestCompleted, IngestFailed
+from skyport.runtime import ServiceContext, ServiceSpec
+
+RESULTS_QUEUE = "receiver.ingest-results"
+
+
+@asynccontextmanager
+async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+    settings = ctx.settings
+    assert isinstance(settings, ReceiverSettings)
+    api = TransferApi(ctx.database, settings, ReceiverMetrics(ctx.metrics.registry))
+    await asyncio.to_thread(api.staging.prepare)
+    ctx.start_outbox_relay()
+    await ctx.subscribe(
+        Subscription(
+            RESULTS_QUEUE,
+            ("ingest.completed", "ingest.failed"),
+            idempotent(ctx.database, "receiver", on_ingest_result),
+            models={m.event_type: m for m in (IngestCompleted, IngestFailed)},
+        )
+    )
+    runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
+    await site.start()
+    ctx.log.info("transfer API listening", host=settings.receiver_host, port=_bound_port(site))
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
+service = ServiceSpec(
+    name="receiver",
+    settings_class=ReceiverSettings,
+    lifespan=lifespan,
+    migrations=Path(__file__).with_name("migrations"),
+)

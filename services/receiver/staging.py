@@ -1,0 +1,103 @@
+"""The staging area: uploaded bytes written, hashed and made durable before anyone is told about them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from skyport.fits import sha256_file
+
+
+class ChecksumMismatch(ValueError):
+    """The bytes received are not the bytes the manifest describes."""
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    relative_path: str
+    size_bytes: int
+    sha256: str
+
+
+class Staging:
+    """Files are named by transfer id, never by a name from outside: ``<staging>/<id[:2]>/<id>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / ".incoming"
+
+    def prepare(self) -> None:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(self, transfer_id: str) -> str:
+        return f"{transfer_id[:2]}/{transfer_id}"
+
+    def part_path(self, transfer_id: str) -> Path:
+        return self.incoming / f"{transfer_id}.part"
+
+    def open_part(self, transfer_id: str) -> BinaryIO:
+        return self.part_path(transfer_id).open("wb")
+
+    def discard_part(self, transfer_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.part_path(transfer_id).unlink()
+
+    def commit_part(
+        self, transfer_id: str, part: BinaryIO, expected_size: int, expected_sha256: str, digest: str
+    ) -> StagedFile:
+        """Check the finished upload against the manifest, make it durable, and move it into place."""
+        size = part.tell()
+        if size != expected_size or digest != expected_sha256:
+            part.close()
+            self.discard_part(transfer_id)
+            raise ChecksumMismatch(
+                f"received {size} bytes with sha256 {digest}; the manifest says {expected_size} bytes "
+                f"with sha256 {expected_sha256}"
+            )
+        part.flush()
+        os.fsync(part.fileno())
+        part.close()
+        return self._place(self.part_path(transfer_id), transfer_id, size, digest)
+
+    def stage_shared(self, transfer_id: str, source: Path, expected_size: int, expected_sha256: str) -> StagedFile:
+        """Shared-filesystem mode: verify the file where it lies and link it into staging (no copy)."""
+        digest, size = sha256_file(source)
+        if size != expected_size or digest != expected_sha256:
+            raise ChecksumMismatch(
+                f"{source.name} has {size} bytes with sha256 {digest}; the manifest says {expected_size} bytes "
+                f"with sha256 {expected_sha256}"
+            )
+        part = self.part_path(transfer_id)
+        self.discard_part(transfer_id)
+        try:
+            os.link(source, part)
+        except OSError:
+            shutil.copyfile(source, part)  # another file system: one copy is unavoidable
+            with part.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        return self._place(part, transfer_id, size, digest)
+
+    def _place(self, part: Path, transfer_id: str, size: int, digest: str) -> StagedFile:
+        relative = self.relative_path(transfer_id)
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+        _fsync_dir(target.parent)
+        return StagedFile(relative, size, digest)
+
+
+def new_hasher() -> hashlib._Hash:
+    return hashlib.sha256()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,135 @@
+"""The receiver's tables: sites with hashed credentials, and the state of every transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from skyport.transfer import Manifest, TransferState, TransferStatus
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256 random bits, so a plain sha256 is as good as a slow hash and lets us look them up."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Transfer:
+    transfer_id: str
+    site: str
+    manifest: Manifest
+    state: TransferState
+    reason: str | None
+    staged_path: str | None
+    version: int | None
+    duplicate: bool
+    updated_at: datetime
+
+    def status(self) -> TransferStatus:
+        return TransferStatus(
+            transfer_id=self.transfer_id,
+            state=self.state,
+            archive_id=self.manifest.archive_id,
+            sha256=self.manifest.sha256,
+            version=self.version,
+            duplicate=self.duplicate,
+            reason=self.reason,
+            updated_at=self.updated_at,
+        )
+
+
+def _transfer(row: asyncpg.Record) -> Transfer:
+    return Transfer(
+        transfer_id=str(row["transfer_id"]),
+        site=row["site"],
+        manifest=Manifest.model_validate_json(row["manifest"]),
+        state=TransferState(row["state"]),
+        reason=row["reason"],
+        staged_path=row["staged_path"],
+        version=row["version"],
+        duplicate=row["duplicate"],
+        updated_at=row["updated_at"],
+    )
+
+
+class SiteStore:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def add(self, name: str) -> str:
+        """Register a site (or give it a new credential); returns the token, which is not stored."""
+        token = secrets.token_urlsafe(32)
+        await self.conn.execute(
+            "INSERT INTO sites (name, token_sha256) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256",
+            name,
+            hash_token(token),
+        )
+        return token
+
+    async def site_for(self, token: str) -> str | None:
+        name: str | None = await self.conn.fetchval("SELECT name FROM sites WHERE token_sha256 = $1", hash_token(token))
+        return name
+
+
+class TransferStore:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def create(self, site: str, manifest: Manifest) -> tuple[Transfer, bool]:
+        """The site's transfer for this archive ID and checksum: created now (True) or found (False)."""
+        row = await self.conn.fetchrow(
+            "INSERT INTO transfers (transfer_id, site, archive_id, sha256, size_bytes, manifest, state) "
+            "VALUES ($1, $2, $3, $4, $5, $6, 'created') ON CONFLICT (site, archive_id, sha256) DO NOTHING "
+            "RETURNING *",
+            uuid.uuid4(),
+            site,
+            manifest.archive_id,
+            manifest.sha256,
+            manifest.size_bytes,
+            manifest.model_dump_json(),
+        )
+        if row is not None:
+            return _transfer(row), True
+        row = await self.conn.fetchrow(
+            "SELECT * FROM transfers WHERE site = $1 AND archive_id = $2 AND sha256 = $3",
+            site,
+            manifest.archive_id,
+            manifest.sha256,
+        )
+        return _transfer(row), False
+
+    async def get(self, transfer_id: str, *, for_update: bool = False) -> Transfer | None:
+        try:
+            key = uuid.UUID(transfer_id)
+        except ValueError:
+            return None
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(f"SELECT * FROM transfers WHERE transfer_id = $1{lock}", key)
+        return None if row is None else _transfer(row)
+
+    async def set_state(
+        self,
+        transfer_id: str,
+        state: TransferState,
+        *,
+        reason: str | None = None,
+        staged_path: str | None = None,
+        version: int | None = None,
+        duplicate: bool = False,
+    ) -> None:
+        await self.conn.execute(
+            "UPDATE transfers SET state = $2, reason = $3, staged_path = coalesce($4, staged_path), "
+            "version = coalesce($5, version), duplicate = $6, updated_at = now() WHERE transfer_id = $1",
+            uuid.UUID(transfer_id),
+            state.value,
+            reason,
+            staged_path,
+            version,
+            duplicate,
+        )

@@ -1,0 +1,192 @@
+"""Running the ingest path as real processes (monitor, receiver, ingestor) against the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+
+REPO = Path(__file__).resolve().parents[2]
+INSTRUMENTS = REPO / "deploy" / "instruments"
+QUEUES = ("ingestor.transfer-received", "receiver.ingest-results")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """One ``skyport run ...`` process, with the JSON log lines it wrote."""
+
+    names: tuple[str, ...]
+    proc: asyncio.subprocess.Process
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    health_port: int = 0
+    _reader: asyncio.Task[None] | None = None
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        return code
+
+    async def kill(self) -> None:
+        await self.stop(signal.SIGKILL)
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == event]
+
+
+class Flow:
+    """Folders, settings and processes of one test's observatory and archive."""
+
+    def __init__(self, root: Path, amqp_url: str, database_url: str, site: str) -> None:
+        self.root = root
+        self.amqp_url = amqp_url
+        self.database_url = database_url
+        self.site = site
+        self.watch_root = root / "observatory"
+        self.staging = root / "staging"
+        self.storage = root / "archive"
+        self.journal = root / "monitor" / "journal.sqlite3"
+        self.receiver_port = free_port()
+        self.token = ""
+        self.settings: dict[str, str] = {}
+        self.processes: list[ServiceProcess] = []
+
+    def env(self, **settings: object) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SKYPORT_BUS_URL=self.amqp_url,
+            SKYPORT_DATABASE_URL=self.database_url,
+            SKYPORT_LOG_FORMAT="json",
+            SKYPORT_HEALTH_HOST="127.0.0.1",
+            SKYPORT_HEALTH_PORT="0",
+            SKYPORT_SHUTDOWN_TIMEOUT="5",
+            SKYPORT_WATCH_ROOT=str(self.watch_root),
+            SKYPORT_INSTRUMENTS_DIR=str(INSTRUMENTS),
+            SKYPORT_JOURNAL_PATH=str(self.journal),
+            SKYPORT_STAGING_DIR=str(self.staging),
+            SKYPORT_STORAGE_DIR=str(self.storage),
+            SKYPORT_RECEIVER_HOST="127.0.0.1",
+            SKYPORT_RECEIVER_PORT=str(self.receiver_port),
+            SKYPORT_RECEIVER_URL=f"http://127.0.0.1:{self.receiver_port}",
+            SKYPORT_SITE_TOKEN=self.token,
+            SKYPORT_RESCAN_INTERVAL="2",
+            SKYPORT_FOLLOW_INTERVAL="0.2",
+            SKYPORT_MAX_RETRY_DELAY="1",
+        )
+        env.update(self.settings)
+        env.update({f"SKYPORT_{k.upper()}": str(v) for k, v in settings.items()})
+        return env
+
+    async def skyport(self, *args: str, **settings: object) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "skyport",
+            *args,
+            env=self.env(**settings),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        if proc.returncode != 0:
+            raise AssertionError(f"skyport {' '.join(args)} failed ({proc.returncode}): {err.decode()}")
+        return out.decode()
+
+    async def prepare(self) -> None:
+        """A clean archive for this test: fresh schemas and queues, then migrations and a site credential."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            for schema in ("receiver", "ingestor"):
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+        connection = await aio_pika.connect(self.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for queue in QUEUES:
+                for name in (queue, f"{queue}.retry"):
+                    await channel.queue_delete(name)
+        await self.skyport("migrate", "receiver", "ingestor")
+        self.token = (await self.skyport("receiver", "add-site", self.site)).strip()
+
+    async def start(self, *names: str, **settings: object) -> ServiceProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "skyport",
+            "run",
+            *names,
+            env=self.env(**settings),
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        service = ServiceProcess(names, proc)
+        self.processes.append(service)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            raw = await asyncio.wait_for(proc.stderr.readline(), 60)
+            if not raw:
+                raise AssertionError(f"{names} exited before it was ready: {service.lines[-10:]}")
+            service.lines.append(_parse(raw))
+            if service.lines[-1].get("event") == "ready":
+                service.health_port = int(service.lines[-1]["health_port"])
+                service._reader = asyncio.get_running_loop().create_task(_read_rest(proc, service.lines))
+                return service
+        raise AssertionError(f"{names} not ready within 60 s")
+
+    async def close(self) -> None:
+        for process in self.processes:
+            if process.proc.returncode is None:
+                await process.kill()
+
+    async def monitor_status(self) -> dict[str, Any]:
+        return dict(json.loads(await self.skyport("monitor", "status", "--json")))
+
+    async def journal_entry(self, path: str) -> dict[str, Any]:
+        """The monitor's journal row for ``path`` (read-only; SQLite lets readers in beside the monitor)."""
+        import sqlite3
+
+        with sqlite3.connect(self.journal) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+        assert row is not None, f"{path} is not in the journal"
+        return dict(row)
+
+    async def archived(self) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return list(await conn.fetch("SELECT * FROM ingestor.archived_files ORDER BY archive_id, version"))
+        finally:
+            await conn.close()
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        return dict(json.loads(raw))
+    except ValueError:
+        return {"event": "unparsed output", "text": raw.decode(errors="replace")}
+
+
+async def _read_rest(proc: asyncio.subprocess.Process, lines: list[dict[str, Any]]) -> None:
+    assert proc.stderr is not None
+    async for raw in proc.stderr:
+        lines.append(_parse(raw))
