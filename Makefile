@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Services to run with `make run` (default: every service in this repository).
 SERVICES ?=
 
-.PHONY: install services run migrate test unit lint format schemas bench clean
+.PHONY: install services run simulate migrate test unit lint format schemas bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,8 +27,11 @@ services:  ## make sure RabbitMQ and PostgreSQL run on localhost
 migrate: install services  ## apply pending database migrations
 	$(BIN)/skyport migrate $(SERVICES)
 
-run: migrate  ## run the services in one process against local RabbitMQ and PostgreSQL
-	$(BIN)/skyport run $(or $(SERVICES),all)
+run: install services  ## the ingest path (monitor, receiver, ingestor) in one process on local RabbitMQ and PostgreSQL
+	SERVICES="$(SERVICES)" deploy/dev/run-local
+
+simulate: install  ## write a simulated night into var/observatory (for `make run`), one 2 MB file every 2 s
+	$(BIN)/skyport simulate --root var/observatory --rate 0.5 --size 2MB
 
 test: install services lint  ## lint, then every test tier (unit, integration, e2e) on the real servers
 	$(BIN)/pytest
@@ -50,6 +53,7 @@ schemas: install  ## export the event JSON Schemas into schemas/v1
 
 bench: install services  ## benchmarks that print figures (not tests)
 	$(BIN)/python bench/bus.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

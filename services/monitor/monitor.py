@@ -50,7 +50,7 @@ class Monitor:
         metrics: MonitorMetrics,
     ) -> None:
         self.settings = settings
-        self.root = settings.watch_root
+        self.root = settings.watch_root.resolve()  # watchfiles reports absolute paths
         self.instruments = instruments
         self.journal = journal
         self.client = client

@@ -86,14 +86,14 @@ async def test_an_event_rolled_back_with_its_transaction_is_never_published(
     database: Database, bus: Bus, unique: str
 ) -> None:
     received = Received()
-    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received))
+    await bus.subscribe(Subscription(f"{unique}.q", (f"test.{unique}",), received))
     kept, dropped = completed(f"A{unique}"), completed(f"B{unique}")
     with pytest.raises(RuntimeError, match="the business change failed"):  # noqa: PT012
         async with database.transaction() as conn:
-            await enqueue(conn, dropped)
+            await enqueue(conn, dropped, routing_key=f"test.{unique}")
             raise RuntimeError("the business change failed")
     async with database.transaction() as conn:
-        await enqueue(conn, kept)
+        await enqueue(conn, kept, routing_key=f"test.{unique}")
     relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.2).run())
     try:
         await eventually(lambda: kept.id in received.ids, what="the committed event")
@@ -106,10 +106,10 @@ async def test_a_relay_stopped_after_the_commit_and_before_the_publish_delivers_
     database: Database, bus: Bus, unique: str
 ) -> None:
     received = Received()
-    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received))
+    await bus.subscribe(Subscription(f"{unique}.q", (f"test.{unique}",), received))
     event = completed(f"A{unique}")
     async with database.transaction() as conn:
-        await enqueue(conn, event)
+        await enqueue(conn, event, routing_key=f"test.{unique}")
 
     crashing_bus = CrashBeforePublish()
     doomed = asyncio.create_task(OutboxRelay(database, crashing_bus, poll_interval=0.2).run())
@@ -142,11 +142,11 @@ async def test_a_crash_between_publish_and_mark_is_absorbed_by_the_idempotent_co
         await deliveries(event)
         await handle(event)
 
-    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), consumer))
+    await bus.subscribe(Subscription(f"{unique}.q", (f"test.{unique}",), consumer))
     events = [completed(f"A{unique}", version) for version in (1, 2, 3)]
     async with database.transaction() as conn:
         for event in events:
-            await enqueue(conn, event)
+            await enqueue(conn, event, routing_key=f"test.{unique}")
 
     crashing = asyncio.create_task(CrashAfterPublish(database, bus, poll_interval=0.2).run())
     await eventually(lambda: len(deliveries.events) == 3, what="the first delivery of the three events")
@@ -167,12 +167,12 @@ async def test_a_crash_between_publish_and_mark_is_absorbed_by_the_idempotent_co
 
 async def test_events_of_one_subject_are_published_in_commit_order(database: Database, bus: Bus, unique: str) -> None:
     received = Received()
-    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received, prefetch=1))
+    await bus.subscribe(Subscription(f"{unique}.q", (f"test.{unique}",), received, prefetch=1))
     subjects = [f"A{unique}", f"B{unique}", f"C{unique}"]
     async with database.transaction() as conn:
         for version in range(1, 41):
             for subject in subjects:
-                await enqueue(conn, completed(subject, version))
+                await enqueue(conn, completed(subject, version), routing_key=f"test.{unique}")
     relay = asyncio.create_task(OutboxRelay(database, bus, batch_size=25, poll_interval=0.2).run())
     try:
         await eventually(lambda: len(received.events) == 120, what="all 120 events")
@@ -185,13 +185,13 @@ async def test_events_of_one_subject_are_published_in_commit_order(database: Dat
 
 async def test_only_one_relay_publishes_for_a_schema(database: Database, bus: Bus, unique: str) -> None:
     received = Received()
-    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received))
+    await bus.subscribe(Subscription(f"{unique}.q", (f"test.{unique}",), received))
     relays = [asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.1).run()) for _ in range(3)]
     try:
         events = [completed(f"A{unique}", v) for v in range(1, 51)]
         for event in events:
             async with database.transaction() as conn:
-                await enqueue(conn, event)
+                await enqueue(conn, event, routing_key=f"test.{unique}")
         await eventually(lambda: len(received.events) >= 50, what="all events")
         await asyncio.sleep(0.5)
     finally:

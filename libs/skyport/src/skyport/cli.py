@@ -64,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     names = args.services or available_services()
-    specs = [load_service(name) for name in names]
+    specs = [spec for spec in map(load_service, names) if spec.migrations is not None]
     settings = CommonSettings()
 
     async def main() -> None:

@@ -43,8 +43,9 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
-    # aio-pika and aiormq are chatty at INFO about every reconnect attempt; their warnings still show.
-    for noisy in ("aio_pika", "aiormq"):
+    # aio-pika and aiormq are chatty at INFO about every reconnect attempt, watchfiles about every change;
+    # their warnings still show.
+    for noisy in ("aio_pika", "aiormq", "watchfiles"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     _configured = True
 
