@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from skyport.instruments import load_instruments
-
 from services.ingestor.archive import ArchiveStorage
 from services.ingestor.ingest import Ingestor
 from services.ingestor.settings import IngestorSettings
 from skyport.bus import Subscription
 from skyport.db import idempotent
 from skyport.events import TransferReceived
+from skyport.instruments import load_instruments
 from skyport.runtime import ServiceContext, ServiceSpec
 
 QUEUE = "ingestor.transfer-received"

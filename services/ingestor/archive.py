@@ -9,8 +9,8 @@ import shutil
 from datetime import date
 from pathlib import Path, PurePosixPath
 
+from skyport.files import fsync_directory
 from skyport.fits import sha256_file
-
 from skyport.transfer import check_filename
 
 
@@ -65,7 +65,7 @@ class ArchiveStorage:
             with partial.open("rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(partial, target)
-        _fsync_dir(target.parent)
+        fsync_directory(target.parent)
         self.verify(relative, size_bytes, sha256 if not renamed else None)
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
@@ -81,11 +81,3 @@ class ArchiveStorage:
             digest, _ = sha256_file(target)
             if digest != sha256:
                 raise StorageError(f"{relative} has sha256 {digest} in storage, expected {sha256}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,13 +12,13 @@ from typing import Any
 
 import asyncpg
 import structlog
-from skyport.fits import InvalidFile, sha256_file, verify_fits
-from skyport.instruments import InstrumentCatalog
 
 from services.ingestor.archive import ArchiveStorage, safe_relative
 from services.ingestor.storage import ArchiveStore
 from skyport.db import enqueue
 from skyport.events import CloudEvent, FileArchived, IngestCompleted, IngestFailed, TransferReceived
+from skyport.fits import InvalidFile, sha256_file, verify_fits
+from skyport.instruments import InstrumentCatalog
 
 SOURCE = "/skyport/ingestor"
 

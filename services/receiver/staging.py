@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from skyport.files import fsync_directory
 from skyport.fits import sha256_file
 
 
@@ -87,17 +87,5 @@ class Staging:
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
-        _fsync_dir(target.parent)
+        fsync_directory(target.parent)
         return StagedFile(relative, size, digest)
-
-
-def new_hasher() -> hashlib._Hash:
-    return hashlib.sha256()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

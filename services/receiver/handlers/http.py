@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
 from services.receiver.settings import ReceiverSettings
-from services.receiver.staging import ChecksumMismatch, StagedFile, Staging, new_hasher
+from services.receiver.staging import ChecksumMismatch, StagedFile, Staging
 from services.receiver.storage import SiteStore, Transfer, TransferStore
 from skyport.db import Database, enqueue
 from skyport.events import CloudEvent, TransferReceived
@@ -178,7 +178,7 @@ class TransferApi:
     async def _receive_stream(self, request: web.Request, transfer: Transfer) -> StagedFile:
         started = time.perf_counter()
         manifest = transfer.manifest
-        hasher = new_hasher()
+        hasher = hashlib.sha256()
         part = await asyncio.to_thread(self.staging.open_part, transfer.transfer_id)
         try:
             received = 0
@@ -268,8 +268,3 @@ class TransferApi:
 def _hash_and_write(hasher: Any, part: Any, chunk: bytes) -> None:
     hasher.update(chunk)
     part.write(chunk)
-
-
-async def close_quietly(runner: web.AppRunner) -> None:
-    with contextlib.suppress(Exception):
-        await runner.cleanup()

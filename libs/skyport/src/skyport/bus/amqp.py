@@ -148,9 +148,8 @@ class AmqpBus(Bus):
             if remaining <= 0:
                 raise PublishTimeout(f"no confirm for {routing_key!r} within {self.publish_timeout:g}s")
             try:
-                await asyncio.wait_for(
-                    exchange.publish(message, routing_key, mandatory=False, timeout=remaining), remaining
-                )
+                # aiormq enforces the timeout itself; an asyncio.wait_for around it would cost a task per publish.
+                await exchange.publish(message, routing_key, mandatory=False, timeout=remaining)
                 return
             except aiormq.exceptions.DeliveryError as exc:
                 raise PublishError(f"broker refused {routing_key!r}: {exc}") from exc

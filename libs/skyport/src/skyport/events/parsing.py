@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,8 +31,31 @@ class _ReceivedEnvelope(BaseModel):
     data: dict[str, Any]
 
 
+@lru_cache(maxsize=256)
+def _envelope_class(model: type[EventData]) -> type[CloudEvent[Any]]:
+    return CloudEvent[model]  # type: ignore[valid-type]
+
+
+_TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')
+
+
 def decode_event(body: bytes, models: Mapping[str, type[EventData]] = EVENT_MODELS) -> CloudEvent[Any]:
-    """Parse one structured-mode CloudEvent; raise :class:`InvalidEvent` with a readable reason if it is not one."""
+    """Parse one structured-mode CloudEvent; raise :class:`InvalidEvent` with a readable reason if it is not one.
+
+    The common case, an event exactly as this version of the models writes it, takes one validation pass;
+    anything else (extension attributes, newer optional fields, or a bad message) takes the lenient path.
+    """
+    found = _TYPE.search(body)
+    model = models.get(found.group(1).decode()) if found else None
+    if model is not None:
+        with contextlib.suppress(ValidationError):
+            event: CloudEvent[Any] = _envelope_class(model).model_validate_json(body)
+            if event.type == model.event_type:
+                return event
+    return _decode_leniently(body, models)
+
+
+def _decode_leniently(body: bytes, models: Mapping[str, type[EventData]]) -> CloudEvent[Any]:
     try:
         envelope = _ReceivedEnvelope.model_validate_json(body)
     except ValidationError as exc:
@@ -43,7 +69,7 @@ def decode_event(body: bytes, models: Mapping[str, type[EventData]] = EVENT_MODE
         raise InvalidEvent(f"invalid {envelope.type} payload: {_summary(exc)}") from exc
     fields = envelope.model_dump(exclude={"data"})
     fields["dataschema"] = fields["dataschema"] or model.dataschema()
-    return CloudEvent[model].model_construct(**fields, data=data)  # type: ignore[valid-type]
+    return _envelope_class(model).model_construct(**fields, data=data)
 
 
 def _summary(exc: ValidationError) -> str:
