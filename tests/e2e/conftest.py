@@ -27,7 +27,7 @@ def instruments() -> InstrumentCatalog:
 
 @pytest.fixture
 async def flow(tmp_path: Path, unique: str) -> AsyncIterator[Flow]:
-    flow = Flow(tmp_path, AMQP_URL, DATABASE_URL, site=f"site{unique}")
+    flow = Flow(tmp_path, AMQP_URL, DATABASE_URL, site=f"s{unique}")
     await flow.prepare()
     yield flow
     await flow.close()
@@ -50,8 +50,8 @@ class Archived:
 
 
 @pytest.fixture
-async def archived_events(unique: str) -> AsyncIterator[Archived]:
-    bus: Bus = create_bus(AMQP_URL, service=f"test-{unique}")
+async def archived_events(flow: Flow, unique: str) -> AsyncIterator[Archived]:
+    bus: Bus = create_bus(flow.amqp_url, service=f"test-{unique}")
     await bus.start()
     archived = Archived()
     await bus.subscribe(

@@ -132,22 +132,42 @@ async def test_an_ingestor_killed_mid_file_finishes_after_restart(
     flow: Flow, instruments: InstrumentCatalog, unique: str
 ) -> None:
     receiver = await flow.start("receiver")
-    ingestor = await flow.start("ingestor")
+    ingestor = await flow.start("ingestor", ingest_concurrency=1)
     await flow.start("monitor")
     sim = simulator(flow, instruments, unique)
-    files = [sim.write_file("KCWI", "raw", size_bytes=40_000_000) for _ in range(4)]
+    files = [sim.write_file("KCWI", "raw", size_bytes=100_000_000) for _ in range(3)]
 
-    async def first_ingested() -> bool:
-        return len(await flow.archived()) >= 1
+    async def ingesting() -> bool:
+        # The receiver has handed a file over and the ingestor has not archived it yet: it is hashing it.
+        return await flow.transfers_in_state("received") >= 1
 
-    await eventually(first_ingested, timeout=60, what="ingestion to be under way")
+    await eventually(ingesting, timeout=60, what="the ingestor to be working on a file")
     await ingestor.kill()
+    killed_while = await flow.transfers_in_state("received")
     await flow.start("ingestor")
     await wait_archived(flow, files, timeout=120)
     rows = await flow.archived()
     assert len(rows) == len(files)  # nothing stored twice
     assert_stored(flow, files, rows)
+    assert killed_while >= 1
     assert receiver.proc.returncode is None
+
+
+async def test_shared_filesystem_mode_archives_the_file_without_copying_it(
+    flow: Flow, instruments: InstrumentCatalog, unique: str
+) -> None:
+    await flow.start("receiver", "ingestor", shared_dir=flow.watch_root)
+    await flow.start("monitor", shared_filesystem=True)
+    sim = simulator(flow, instruments, unique)
+    files = [sim.write_file("HIRES", size_bytes=2_000_000), sim.write_file("NIRCAM", "cal", size_bytes=2_000_000)]
+    await wait_archived(flow, files)
+    rows = await flow.archived()
+    assert_stored(flow, files, rows)
+    for simulated, row in zip(
+        files, sorted(rows, key=lambda r: [f.archive_id for f in files].index(r["archive_id"])), strict=True
+    ):
+        # One inode from the instrument's folder to archive storage: only the manifest travelled.
+        assert (flow.storage / row["storage_path"]).stat().st_ino == simulated.path.stat().st_ino
 
 
 async def test_a_file_sent_again_is_not_stored_twice_and_new_content_is_a_new_version(
@@ -171,7 +191,7 @@ async def test_a_file_sent_again_is_not_stored_twice_and_new_content_is_a_new_ve
     assert await archived_ids(flow) == {original.archive_id: [1]}
 
     # Another site sends the same bytes (a new transfer): the ingestor sees a duplicate and stores nothing.
-    other_token = (await flow.skyport("receiver", "add-site", f"{flow.site}-backup")).strip()
+    other_token = (await flow.skyport("receiver", "add-site", f"{flow.site}_backup")).strip()
     entry = await flow.journal_entry(original.relative_path)
     base = f"http://127.0.0.1:{flow.receiver_port}/v1/transfers"
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {other_token}"}) as http:

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import asyncpg
+from yarl import URL
 
 REPO = Path(__file__).resolve().parents[2]
 INSTRUMENTS = REPO / "deploy" / "instruments"
-QUEUES = ("ingestor.transfer-received", "receiver.ingest-results")
 
 
 def free_port() -> int:
@@ -53,12 +52,19 @@ class ServiceProcess:
 
 
 class Flow:
-    """Folders, settings and processes of one test's observatory and archive."""
+    """Folders, settings and processes of one test's observatory and archive.
+
+    Each flow has a database and a RabbitMQ virtual host of its own, so that flows never see each other's
+    schemas, queues or events, even when two test runs share the servers.
+    """
 
     def __init__(self, root: Path, amqp_url: str, database_url: str, site: str) -> None:
         self.root = root
-        self.amqp_url = amqp_url
-        self.database_url = database_url
+        self.server_database_url = database_url
+        self.database_name = f"flow_{site}"
+        self.database_url = str(URL(database_url).with_path(f"/{self.database_name}"))
+        self.vhost = f"skyport-{site}"
+        self.amqp_url = str(URL(amqp_url).with_path(f"/{self.vhost}"))
         self.site = site
         self.watch_root = root / "observatory"
         self.staging = root / "staging"
@@ -111,19 +117,14 @@ class Flow:
         return out.decode()
 
     async def prepare(self) -> None:
-        """A clean archive for this test: fresh schemas and queues, then migrations and a site credential."""
-        conn = await asyncpg.connect(self.database_url)
+        """A new archive for this test: its own database and virtual host, migrations, a site credential."""
+        conn = await asyncpg.connect(self.server_database_url)
         try:
-            for schema in ("receiver", "ingestor"):
-                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            await conn.execute(f"CREATE DATABASE {self.database_name}")
         finally:
             await conn.close()
-        connection = await aio_pika.connect(self.amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            for queue in QUEUES:
-                for name in (queue, f"{queue}.retry"):
-                    await channel.queue_delete(name)
+        await _rabbitmqctl("add_vhost", self.vhost)
+        await _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         await self.skyport("migrate", "receiver", "ingestor")
         self.token = (await self.skyport("receiver", "add-site", self.site)).strip()
 
@@ -157,6 +158,12 @@ class Flow:
         for process in self.processes:
             if process.proc.returncode is None:
                 await process.kill()
+        await _rabbitmqctl("delete_vhost", self.vhost)
+        conn = await asyncpg.connect(self.server_database_url)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {self.database_name} WITH (FORCE)")
+        finally:
+            await conn.close()
 
     async def monitor_status(self) -> dict[str, Any]:
         return dict(json.loads(await self.skyport("monitor", "status", "--json")))
@@ -171,12 +178,28 @@ class Flow:
         assert row is not None, f"{path} is not in the journal"
         return dict(row)
 
+    async def transfers_in_state(self, state: str) -> int:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM receiver.transfers WHERE state = $1", state))
+        finally:
+            await conn.close()
+
     async def archived(self) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.database_url)
         try:
             return list(await conn.fetch("SELECT * FROM ingestor.archived_files ORDER BY archive_id, version"))
         finally:
             await conn.close()
+
+
+async def _rabbitmqctl(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()}")
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
