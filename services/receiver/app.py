@@ -15,7 +15,7 @@ from services.receiver.settings import ReceiverSettings
 from skyport.bus import Subscription
 from skyport.db import idempotent
 from skyport.events import IngestCompleted, IngestFailed
-from skyport.runtime import ServiceContext, ServiceSpec
+from skyport.runtime import ServiceContext, ServiceSpec, bound_port
 
 RESULTS_QUEUE = "receiver.ingest-results"
 
@@ -39,17 +39,11 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     await runner.setup()
     site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
     await site.start()
-    ctx.log.info("transfer API listening", host=settings.receiver_host, port=_bound_port(site))
+    ctx.log.info("transfer API listening", host=settings.receiver_host, port=bound_port(site))
     try:
         yield
     finally:
         await runner.cleanup()
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
 service = ServiceSpec(

@@ -133,6 +133,12 @@ def _request_stop() -> None:
         _stop_event.set()
 
 
+def bound_port(site: web.TCPSite) -> int:
+    """The port a site listens on: the one asked for, or the one the system chose for port 0."""
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
 class HealthServer:
     """``/healthz`` (the process is alive), ``/readyz`` (broker and databases reachable), ``/metrics``."""
 
@@ -158,9 +164,7 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self.port = bound_port(site)
 
     async def stop(self) -> None:
         await self._runner.cleanup()

@@ -128,9 +128,9 @@ class OutboxRelay:
         sent = [row_id for published in results for row_id in published]
         await self.mark_sent(sent)
         if self.metrics is not None:
-            now = time.time()
+            now, sent_ids = time.time(), set(sent)
             for row in rows:
-                if row["id"] in sent:
+                if row["id"] in sent_ids:
                     self.metrics.outbox_pending.labels(self.service).observe(now - row["created_at"].timestamp())
         if len(sent) < len(rows):
             log.warning("outbox rows not published, will retry", schema=self.db.schema, unsent=len(rows) - len(sent))
