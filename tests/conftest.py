@@ -1,13 +1,51 @@
-"""Fixtures shared by every tier: unique names, so tests never see each other's data."""
+"""Fixtures shared by every tier: unique names, so tests never see each other's data, and cleaning up after them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import subprocess
 import uuid
+from collections.abc import Iterator
 
+import aio_pika
 import pytest
+
+from tests.support.servers import AMQP_URL
+
+_tokens: set[str] = set()
 
 
 @pytest.fixture
 def unique() -> str:
     """A short random token to make queue, program and schema names unique to one test."""
-    return uuid.uuid4().hex[:10]
+    token = uuid.uuid4().hex[:10]
+    _tokens.add(token)
+    return token
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_queues() -> Iterator[None]:
+    """Delete the durable queues the tests declared on the shared broker (their names carry a unique token).
+
+    Quorum queues hold files open on the broker: left behind run after run, they exhaust its descriptors.
+    """
+    yield
+    if not _tokens:
+        return
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"], capture_output=True, text=True
+    )
+    names = [line.split("\t")[0] for line in listing.stdout.splitlines() if any(t in line for t in _tokens)]
+    if names:
+        asyncio.run(_delete_queues(names))
+
+
+async def _delete_queues(names: list[str]) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        for name in names:
+            with contextlib.suppress(Exception):
+                channel = await connection.channel()
+                await channel.queue_delete(name)
+                await channel.close()

@@ -29,7 +29,8 @@ def _wait_for(port: int, what: str, seconds: float) -> None:
 
 def ensure_rabbitmq() -> None:
     if not _port_open(5672):
-        subprocess.run(["rabbitmq-server", "-detached"], check=False)
+        # Every quorum queue keeps files open: give the broker all the descriptors it may have, not the soft 1024.
+        subprocess.run(["bash", "-c", 'ulimit -n "$(ulimit -Hn)"; exec rabbitmq-server -detached'], check=False)
         _wait_for(5672, "RabbitMQ", 90)
 
 
