@@ -125,6 +125,7 @@ def test_every_event_type_has_its_model_and_its_schema_file() -> None:
         "dataset.first",
         "dataset.repro",
         "dataset.public",
+        "access.changed",
     }
     assert FileArchived.dataschema() == "schemas/v1/file.archived.json"
 

@@ -86,11 +86,13 @@ class AmqpBus(Bus):
         service: str = "skyport",
         publish_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
+        connect_timeout: float = 30.0,
     ) -> None:
         super().__init__(metrics=metrics, service=service)
         self.url = url
         self.publish_timeout = publish_timeout
         self.reconnect_interval = reconnect_interval
+        self.connect_timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -103,8 +105,10 @@ class AmqpBus(Bus):
         return self._connection
 
     async def start(self) -> None:
+        # A broker that accepts the TCP connection but never answers must fail the start, not hang it.
         self._connection = await aio_pika.connect_robust(
             self.url,
+            timeout=self.connect_timeout,
             reconnect_interval=self.reconnect_interval,
             client_properties={"connection_name": f"skyport {self.service}"},
         )

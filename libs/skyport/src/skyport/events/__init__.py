@@ -10,6 +10,7 @@ from skyport.events.envelope import (
 )
 from skyport.events.models import (
     EVENT_MODELS,
+    AccessChanged,
     DatasetEvent,
     DatasetFile,
     DatasetFirst,
@@ -28,6 +29,7 @@ __all__ = [
     "CONTENT_TYPE",
     "EVENT_MODELS",
     "EXCHANGE",
+    "AccessChanged",
     "CloudEvent",
     "DatasetEvent",
     "DatasetFile",

@@ -206,6 +206,33 @@ class DatasetPublic(DatasetEvent):
     type: Literal["public"] = "public"
 
 
+# --- access events -----------------------------------------------------------------------------------
+
+Role = Literal["pi", "coi", "collaborator"]
+
+
+class AccessChanged(EventData):
+    """A program's membership changed: a user was granted a role, or lost it (access ends at once)."""
+
+    event_type: ClassVar[str] = "access.changed"
+
+    mission: str = Field(min_length=1)
+    propid: str = Field(min_length=1)
+    username: str = Field(min_length=1, description="The user whose access changed.")
+    role: Role | None = Field(default=None, description="The role held now: pi, coi or collaborator; null if revoked.")
+    change: Literal["granted", "revoked"]
+    changed_by: str | None = Field(
+        default=None, description="Username of who made the change; null for an administration command."
+    )
+
+    def routing_key(self) -> str:
+        return ".".join((self.event_type, routing_word(self.mission), routing_word(self.propid)))
+
+    def subject(self) -> str:
+        """The program: changes to one program's membership are published in the order they were made."""
+        return f"{self.mission}/{self.propid}"
+
+
 EVENT_MODELS: dict[str, type[EventData]] = {
     model.event_type: model
     for model in (
@@ -217,6 +244,7 @@ EVENT_MODELS: dict[str, type[EventData]] = {
         DatasetFirst,
         DatasetRepro,
         DatasetPublic,
+        AccessChanged,
     )
 }
 """Every v1 event type and its payload model: what a consumer can parse and what `make schemas` exports."""

@@ -1,0 +1,1 @@
+"""The catalog: programs and access, products and versions, dataset events, search and downloads."""

@@ -1,0 +1,584 @@
+"""The catalog API (``/v1``): search, product pages, downloads and download scripts, who am I, program members,
+early release, API tokens. See ``services/catalog/openapi.yaml``.
+
+Handlers are thin: read the request (:mod:`services.catalog.handlers.params`), authorise through
+:mod:`services.catalog.access` (every product query carries its rule, see :mod:`services.catalog.queries`),
+call one query or one operation, answer. A product the caller may not see is answered exactly like one that
+does not exist (404, same body), in every door. Callers without a token are anonymous and see public data
+only; a token that is sent must be valid (401 otherwise), and is checked on every request, so that a revoked
+token or membership stops working at the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import UTC, date, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.catalog.access import (
+    ANONYMOUS,
+    ROLES,
+    NotAllowed,
+    UnknownProgram,
+    UnknownUser,
+    Viewer,
+    programs_visible_to,
+    role_in,
+    viewer_for_token,
+)
+from services.catalog.bulk import ScriptFile, render_script
+from services.catalog.dataset_events import download_url
+from services.catalog.handlers.params import BadParameter, encode_cursor, parse_int, parse_search
+from services.catalog.membership import MembershipRefused, grant, revoke
+from services.catalog.queries import (
+    TOKEN_ID_LENGTH,
+    FoundProduct,
+    ProductQueries,
+    TokenQueries,
+    token_id_of,
+)
+from services.catalog.releases import release_early
+from services.catalog.settings import CatalogSettings
+from services.catalog.storage import ProductVersion, ProgramStore, UserStore
+from skyport.db import Database
+
+SEARCH_DEFAULT_LIMIT = 100
+SEARCH_MAX_LIMIT = 1000
+SCRIPT_MAX_FILES = 10_000
+MAX_LABEL = 100
+MAX_RELEASE_IDS = 10_000
+_MAX_TOKEN = 256
+_TOKEN_ID = re.compile(rf"^[0-9a-f]{{{TOKEN_ID_LENGTH}}}$")
+_PROGRAM_WORD = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_SCRIPT_NAME = "skyport-download.sh"
+
+VIEWER = web.RequestKey("viewer", Viewer)
+
+log = structlog.get_logger("skyport.catalog.api")
+
+
+class ApiError(Exception):
+    """An error response with a JSON body a person can act on: ``{"error": ..., **detail}``."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **detail: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message, **detail}
+        self.headers = headers or {}
+
+
+_CHALLENGE = 'Bearer realm="skyport"'
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal as JSON: the API's own, the access rule's, and aiohttp's (unknown route, body too large)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        error = exc
+    except BadParameter as exc:
+        error = ApiError(400, str(exc), parameter=exc.parameter)
+    except NotAllowed as exc:
+        error = ApiError(403, str(exc))
+    except (UnknownProgram, UnknownUser) as exc:
+        error = ApiError(404, str(exc))
+    except MembershipRefused as exc:
+        error = ApiError(409, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        error = ApiError(413, "the request body is too large for this API")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "no such endpoint", 405: "method not allowed here"}.get(exc.status, exc.reason)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        error = ApiError(exc.status, f"{message}: {request.method} {request.path}", headers=headers)
+    return web.json_response(error.body, status=error.status, headers=error.headers, dumps=_dumps)
+
+
+class CatalogApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "skyport_catalog_api_requests_total",
+            "Catalog API requests by route, method and status (a file's 206/304/416 is decided as it is sent, "
+            "and counted here as 200).",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "skyport_catalog_api_request_seconds",
+            "Time to answer a catalog API request (for a download: until its bytes start).",
+            ("route",),
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.downloads = Counter(
+            "skyport_catalog_api_downloads_total",
+            "Files and download scripts served, by kind (file, script).",
+            ("kind",),
+            registry=registry,
+        )
+
+
+class CatalogApi:
+    """The handlers; one instance per process. ``app()`` builds the aiohttp application to run."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: CatalogSettings,
+        registry: CollectorRegistry,
+        *,
+        script_max_files: int = SCRIPT_MAX_FILES,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.public_url = settings.catalog_public_url
+        self.storage_dir = settings.storage_dir
+        self.metrics = CatalogApiMetrics(registry)
+        self.script_max_files = script_max_files
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.measure, json_errors, self.authenticate], client_max_size=1 << 20)
+        router = app.router
+        router.add_get("/v1/products", self.search)
+        router.add_get("/v1/products/download-script", self.download_script)  # before {archive_id}
+        router.add_get("/v1/products/{archive_id}", self.product)
+        router.add_get("/v1/files/{archive_id}", self.download)
+        router.add_get("/v1/me", self.me)
+        router.add_get("/v1/programs/{mission}/{propid}/members", self.members)
+        router.add_put("/v1/programs/{mission}/{propid}/members/{username}", self.grant_member)
+        router.add_delete("/v1/programs/{mission}/{propid}/members/{username}", self.revoke_member)
+        router.add_post("/v1/programs/{mission}/{propid}/release", self.release)
+        router.add_post("/v1/tokens", self.issue_token)
+        router.add_delete("/v1/tokens/{token_id}", self.revoke_token)
+        return app
+
+    # --- middlewares ----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def measure(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            self.metrics.requests.labels(route, request.method, str(status)).inc()
+            self.metrics.seconds.labels(route).observe(time.perf_counter() - started)
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Who is asking: anonymous without an Authorization header, else the user of a valid bearer token."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            request[VIEWER] = ANONYMOUS
+            return await handler(request)
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(
+                401,
+                "the Authorization header must be 'Bearer <token>'",
+                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_request"'},
+            )
+        viewer = None
+        if len(token) <= _MAX_TOKEN:
+            async with self.db.pool.acquire() as conn:
+                viewer = await viewer_for_token(conn, token)
+        if viewer is None:
+            log.info("request with an unknown or revoked token", peer=request.remote, path=request.path)
+            raise ApiError(
+                401,
+                "the token is unknown or revoked: use another, or have a new one issued (POST /v1/tokens, "
+                "skyport catalog issue-token)",
+                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+            )
+        request[VIEWER] = viewer
+        with structlog.contextvars.bound_contextvars(username=viewer.username):
+            return await handler(request)
+
+    # --- products ---------------------------------------------------------------------------------------
+
+    async def search(self, request: web.Request) -> web.Response:
+        search = parse_search(request.query, default_limit=SEARCH_DEFAULT_LIMIT, max_limit=SEARCH_MAX_LIMIT)
+        viewer = request[VIEWER]
+        async with self._snapshot() as conn:
+            queries = ProductQueries(conn)
+            found = await queries.search(viewer, search.filter, after_seq=search.after_seq, limit=search.limit + 1)
+            total = await queries.count(viewer, search.filter) if search.count else None
+        page = found[: search.limit]
+        body: dict[str, Any] = {
+            "products": [self._product_json(p) for p in page],
+            "next_cursor": encode_cursor(page[-1].seq if page else search.after_seq),
+            "more": len(found) > search.limit,
+        }
+        if total is not None:
+            body["total"] = total
+        return web.json_response(body, dumps=_dumps)
+
+    async def product(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        archive_id = request.match_info["archive_id"]
+        viewer = request[VIEWER]
+        async with self._snapshot() as conn:
+            queries = ProductQueries(conn)
+            found = await queries.product(viewer, archive_id)
+            versions = await queries.versions(viewer, archive_id) if found is not None else []
+        if found is None:
+            raise _no_product(archive_id, viewer)
+        body = self._product_json(found)
+        body["versions"] = [self._version_json(v, found.version) for v in versions]
+        return web.json_response(body, dumps=_dumps)
+
+    async def download(self, request: web.Request) -> web.FileResponse:
+        _only(request, ("version",))
+        archive_id = request.match_info["archive_id"]
+        asked = request.query.get("version")
+        version = None if asked is None else parse_int("version", asked, 1, 2**31 - 1)
+        viewer = request[VIEWER]
+        async with self.db.pool.acquire() as conn:
+            found = await ProductQueries(conn).product_file(viewer, archive_id, version)
+        if found is None:
+            raise _no_product(archive_id, viewer)
+        stored = found.version
+        if stored is None:
+            raise ApiError(
+                404,
+                f"{archive_id} has no version {version}; its current version is {found.current_version}",
+                current_version=found.current_version,
+            )
+        path = await self._stored_file(stored)
+        if not found.public:
+            cache = "private, no-store"
+        elif version is not None:
+            cache = "public, max-age=86400"  # a version's bytes never change
+        else:
+            cache = "no-cache"  # the current version may change
+        headers = {
+            "Content-Type": found.access_format,
+            "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(stored.sha256)).decode()}:",
+            "Content-Disposition": _attachment(stored.original_filename),
+            "Cache-Control": cache,
+            "Skyport-Version": str(stored.version),
+        }
+        if request.method == "GET":  # not HEAD
+            self.metrics.downloads.labels("file").inc()
+            log.info(
+                "file served",
+                archive_id=archive_id,
+                version=stored.version,
+                public=found.public,
+                range=request.headers.get("Range"),
+            )
+        # Archive storage holds one file per version folder, so FileResponse's look for a pre-compressed
+        # sibling (.gz, .br) finds nothing and the bytes served are the catalogued ones.
+        return web.FileResponse(path, headers=headers)
+
+    async def download_script(self, request: web.Request) -> web.Response:
+        search = parse_search(
+            request.query, default_limit=self.script_max_files, max_limit=self.script_max_files, countable=False
+        )
+        viewer = request[VIEWER]
+        async with self._snapshot() as conn:
+            found = await ProductQueries(conn).search(
+                viewer, search.filter, after_seq=search.after_seq, limit=search.limit + 1
+            )
+        listed = found[: search.limit]
+        next_url = None
+        if len(found) > search.limit:
+            rest = [(k, v) for k, v in request.query.items() if k != "cursor"]
+            rest.append(("cursor", encode_cursor(listed[-1].seq)))
+            next_url = f"{self.public_url}/v1/products/download-script?{urlencode(rest)}"
+        script = render_script(
+            (ScriptFile(p.archive_id, p.version, p.original_filename, p.sha256, p.size_bytes) for p in listed),
+            public_url=self.public_url,
+            search=request.query_string,
+            who=viewer.username or "an anonymous caller (public data only)",
+            generated=datetime.now(UTC),
+            script_name=_SCRIPT_NAME,
+            next_script_url=next_url,
+        )
+        self.metrics.downloads.labels("script").inc()
+        return web.Response(
+            text=script,
+            content_type="text/x-shellscript",
+            headers={
+                "Content-Disposition": f'attachment; filename="{_SCRIPT_NAME}"',
+                "Cache-Control": "private, no-store",
+            },
+        )
+
+    # --- people and programs ----------------------------------------------------------------------------
+
+    async def me(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        assert viewer.username is not None
+        assert viewer.user_id is not None
+        async with self._snapshot() as conn:
+            user = await UserStore(conn).by_username(viewer.username)
+            programs = await programs_visible_to(conn, viewer)
+            tokens = await TokenQueries(conn).active(viewer.user_id)
+        assert user is not None  # the token was just found with its user
+        return web.json_response(
+            {
+                "username": user.username,
+                "display_name": user.display_name,
+                "email": user.email,
+                "is_admin": user.is_admin,
+                "programs": [asdict(m) for m in programs],
+                "tokens": [asdict(t) for t in tokens],
+            },
+            dumps=_dumps,
+        )
+
+    async def members(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        mission, propid = _program(request)
+        async with self._snapshot() as conn:
+            role = await role_in(conn, viewer, mission, propid)
+            program = await ProgramStore(conn).get(mission, propid)
+            # Members see each other; to anyone else a program is answered like one that does not exist.
+            if program is None or (role is None and not viewer.is_admin):
+                raise ApiError(404, f"no program {mission}/{propid} among yours")
+            members = await ProgramStore(conn).members(mission, propid)
+        return web.json_response(
+            {
+                "mission": mission,
+                "propid": propid,
+                "title": program.title,
+                "members": [asdict(m) for m in members],
+            },
+            dumps=_dumps,
+        )
+
+    async def grant_member(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        mission, propid = _program(request)
+        username = request.match_info["username"].lower()
+        body = await _json_object(request, fields=("role",), required=True)
+        role = body.get("role")
+        if role not in ROLES:
+            raise BadParameter("role", f"role must be one of {', '.join(ROLES)}, not {json.dumps(role)[:100]}")
+        async with self.db.transaction() as conn:
+            change = await grant(conn, viewer, mission, propid, username, role)
+        return web.json_response(
+            {"mission": mission, "propid": propid, "username": username, "role": role, "changed": change is not None}
+        )
+
+    async def revoke_member(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        mission, propid = _program(request)
+        username = request.match_info["username"].lower()
+        async with self.db.transaction() as conn:
+            change = await revoke(conn, viewer, mission, propid, username)
+        if change is None:
+            raise ApiError(404, f"{username} is not a member of {mission}/{propid}")
+        return web.Response(status=204)
+
+    async def release(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        mission, propid = _program(request)
+        body = await _json_object(request, fields=("archive_ids",), required=False)
+        archive_ids = body.get("archive_ids")
+        if archive_ids is not None and (
+            not isinstance(archive_ids, list)
+            or not all(isinstance(a, str) for a in archive_ids)
+            or len(archive_ids) > MAX_RELEASE_IDS
+        ):
+            raise BadParameter("archive_ids", f"archive_ids must be a list of at most {MAX_RELEASE_IDS} archive IDs")
+        async with self.db.transaction() as conn:
+            released = await release_early(
+                conn,
+                viewer,
+                mission,
+                propid,
+                archive_ids,
+                public_url=self.public_url,
+                max_files_per_event=self.settings.public_event_max_files,
+            )
+        return web.json_response(
+            {"mission": mission, "propid": propid, "released": [f.archive_id for f in released]}, dumps=_dumps
+        )
+
+    # --- tokens -----------------------------------------------------------------------------------------
+
+    async def issue_token(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        assert viewer.user_id is not None
+        body = await _json_object(request, fields=("label",), required=False)
+        label = body.get("label", "")
+        if not isinstance(label, str) or len(label) > MAX_LABEL:
+            raise BadParameter("label", f"label must be text of at most {MAX_LABEL} characters")
+        async with self.db.transaction() as conn:
+            token = await UserStore(conn).issue_token(viewer.user_id, label)
+            issued = await TokenQueries(conn).get(viewer.user_id, token_id_of(token))
+        assert issued is not None
+        log.info("token issued", token_id=issued.token_id, label=label)
+        return web.json_response(
+            {"token": token, **asdict(issued)}, status=201, headers={"Cache-Control": "no-store"}, dumps=_dumps
+        )
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        _only(request, ())
+        viewer = _user(request)
+        assert viewer.user_id is not None
+        token_id = request.match_info["token_id"]
+        if not _TOKEN_ID.match(token_id):
+            raise BadParameter(
+                "token_id",
+                f"a token id is {TOKEN_ID_LENGTH} hexadecimal digits (see GET /v1/me), not {token_id[:100]!r}",
+            )
+        async with self.db.transaction() as conn:
+            revoked = await TokenQueries(conn).revoke(viewer.user_id, token_id)
+        if not revoked:
+            raise ApiError(404, f"you have no active token {token_id}")
+        log.info("token revoked", token_id=token_id)
+        return web.Response(status=204)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        """A read-only transaction whose queries all see the same moment (a page and its count, say)."""
+        async with self.db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            yield conn
+
+    async def _stored_file(self, stored: ProductVersion) -> Path:
+        """The version's file in archive storage, checked against the catalog before a byte is sent."""
+        relative = PurePosixPath(stored.storage_path)
+        if relative.is_absolute() or any(part in ("", ".", "..") for part in relative.parts):
+            log.error("unsafe storage path in the catalog", archive_id=stored.archive_id, path=stored.storage_path)
+            raise ApiError(500, f"{stored.archive_id} version {stored.version} has no usable storage location")
+        path = self.storage_dir / relative
+        try:
+            size = (await asyncio.to_thread(path.stat)).st_size
+        except OSError as exc:
+            log.error("stored file unreadable", archive_id=stored.archive_id, path=str(path), error=str(exc))
+            raise ApiError(
+                503, f"{stored.archive_id} version {stored.version} is not readable in archive storage right now"
+            ) from None
+        if size != stored.size_bytes:
+            log.error(
+                "stored file differs from the catalog",
+                archive_id=stored.archive_id,
+                version=stored.version,
+                size=size,
+                catalogued_size=stored.size_bytes,
+            )
+            raise ApiError(500, f"{stored.archive_id} version {stored.version} in storage does not match the catalog")
+        return path
+
+    def _product_json(self, found: FoundProduct) -> dict[str, Any]:
+        body = asdict(found)
+        del body["seq"]
+        body["public"] = found.public_since is not None
+        body["access_url"] = download_url(self.public_url, quote(found.archive_id, safe=""), found.version)
+        return body
+
+    def _version_json(self, version: ProductVersion, current: int) -> dict[str, Any]:
+        body = asdict(version)
+        del body["storage_path"], body["transfer_id"]
+        body["current"] = version.version == current
+        body["access_url"] = download_url(self.public_url, quote(version.archive_id, safe=""), version.version)
+        return body
+
+
+def _no_product(archive_id: str, viewer: Viewer) -> ApiError:
+    """The one answer for a product that does not exist and for one the viewer may not see."""
+    message = f"no product {archive_id}"
+    if viewer.is_anonymous:
+        message += " among public data (proprietary data need a token)"
+    return ApiError(404, message)
+
+
+def _user(request: web.Request) -> Viewer:
+    """The caller, who must have sent a token."""
+    viewer = request[VIEWER]
+    if viewer.is_anonymous:
+        raise ApiError(
+            401, "this endpoint needs a token: Authorization: Bearer <token>", headers={"WWW-Authenticate": _CHALLENGE}
+        )
+    return viewer
+
+
+def _program(request: web.Request) -> tuple[str, str]:
+    mission, propid = request.match_info["mission"], request.match_info["propid"]
+    for name, word in (("mission", mission), ("propid", propid)):
+        if not _PROGRAM_WORD.match(word):
+            raise BadParameter(name, f"{name} must be letters, digits, '_' and '-' (at most 64), not {word[:100]!r}")
+    return mission.upper(), propid
+
+
+def _only(request: web.Request, allowed: Collection[str]) -> None:
+    """Refuse query parameters the endpoint does not take (a misspelt one would otherwise be ignored)."""
+    for name in request.query:
+        if name not in allowed:
+            takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+            raise BadParameter(name, f"unknown parameter {name!r} for this endpoint: {takes}")
+    for name in allowed:
+        if len(request.query.getall(name, [])) > 1:
+            raise BadParameter(name, f"{name} is given more than once")
+
+
+async def _json_object(request: web.Request, *, fields: Collection[str], required: bool) -> dict[str, Any]:
+    """The request's JSON object body, with only ``fields``; an empty body is ``{}`` unless ``required``."""
+    raw = await request.read()
+    example = "{" + ", ".join(f'"{f}": ...' for f in fields) + "}"
+    if not raw.strip():
+        if required:
+            raise ApiError(400, f"this request needs a JSON body: {example}")
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON ({exc}); expected {example}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object: {example}")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise BadParameter(unknown[0], f"unknown field {unknown[0]!r} in the body; expected {example}")
+    return body
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition naming the original file: an ASCII fallback, and the exact name (RFC 6266)."""
+    fallback = re.sub(r"[^A-Za-z0-9._+-]", "_", filename) or "file"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_jsonable)
