@@ -71,6 +71,7 @@ class Flow:
         self.storage = root / "archive"
         self.journal = root / "monitor" / "journal.sqlite3"
         self.receiver_port = free_port()
+        self.catalog_port = free_port()
         self.token = ""
         self.settings: dict[str, str] = {}
         self.processes: list[ServiceProcess] = []
@@ -92,6 +93,9 @@ class Flow:
             SKYPORT_RECEIVER_HOST="127.0.0.1",
             SKYPORT_RECEIVER_PORT=str(self.receiver_port),
             SKYPORT_RECEIVER_URL=f"http://127.0.0.1:{self.receiver_port}",
+            SKYPORT_CATALOG_HOST="127.0.0.1",
+            SKYPORT_CATALOG_PORT=str(self.catalog_port),
+            SKYPORT_CATALOG_PUBLIC_URL=f"http://127.0.0.1:{self.catalog_port}",
             SKYPORT_SITE_TOKEN=self.token,
             SKYPORT_RESCAN_INTERVAL="2",
             SKYPORT_FOLLOW_INTERVAL="0.2",
@@ -125,7 +129,7 @@ class Flow:
             await conn.close()
         await _rabbitmqctl("add_vhost", self.vhost)
         await _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        await self.skyport("migrate", "receiver", "ingestor")
+        await self.skyport("migrate", "receiver", "ingestor", "catalog")
         self.token = (await self.skyport("receiver", "add-site", self.site)).strip()
 
     async def start(self, *names: str, **settings: object) -> ServiceProcess:
