@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from aiohttp import web
-
 from services.catalog.cataloguing import CatalogMetrics, Cataloguer
 from services.catalog.handlers.events import on_file_archived
 from services.catalog.handlers.http import CatalogApi
@@ -16,7 +14,7 @@ from services.catalog.settings import CatalogSettings
 from skyport.bus import Subscription
 from skyport.db import idempotent
 from skyport.events import FileArchived
-from skyport.runtime import ServiceContext, ServiceSpec, bound_port
+from skyport.runtime import ServiceContext, ServiceSpec
 
 QUEUE = "catalog.file-archived"
 CONSUMER = "catalog"
@@ -51,15 +49,8 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     ctx.spawn(scheduler.run(), "release scheduler")
 
     api = CatalogApi(ctx.database, settings, ctx.metrics.registry)
-    runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.catalog_host, settings.catalog_port)
-    await site.start()
-    ctx.log.info("catalog API listening", host=settings.catalog_host, port=bound_port(site))
-    try:
+    async with ctx.serve_http(api.app(), settings.catalog_host, settings.catalog_port, api="catalog"):
         yield
-    finally:
-        await runner.cleanup()  # before the database pool closes
 
 
 service = ServiceSpec(

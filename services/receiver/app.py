@@ -7,15 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from aiohttp import web
-
 from services.receiver.handlers.events import on_ingest_result
 from services.receiver.handlers.http import ReceiverMetrics, TransferApi
 from services.receiver.settings import ReceiverSettings
 from skyport.bus import Subscription
 from skyport.db import idempotent
 from skyport.events import IngestCompleted, IngestFailed
-from skyport.runtime import ServiceContext, ServiceSpec, bound_port
+from skyport.runtime import ServiceContext, ServiceSpec
 
 RESULTS_QUEUE = "receiver.ingest-results"
 
@@ -35,15 +33,8 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
             models={m.event_type: m for m in (IngestCompleted, IngestFailed)},
         )
     )
-    runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
-    await site.start()
-    ctx.log.info("transfer API listening", host=settings.receiver_host, port=bound_port(site))
-    try:
+    async with ctx.serve_http(api.app(), settings.receiver_host, settings.receiver_port, api="transfers"):
         yield
-    finally:
-        await runner.cleanup()
 
 
 service = ServiceSpec(

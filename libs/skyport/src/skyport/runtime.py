@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -112,6 +112,20 @@ class ServiceContext:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("background task crashed", task=task.get_name(), exc_info=task.exception())
             _request_stop()
+
+    @asynccontextmanager
+    async def serve_http(self, app: web.Application, host: str, port: int, *, api: str) -> AsyncIterator[int]:
+        """Serve ``app`` for the body of the block (yields the bound port); it stops before the pools close."""
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = bound_port(site)
+            self.log.info("HTTP API listening", api=api, host=host, port=bound)
+            yield bound
+        finally:
+            await runner.cleanup()
 
     def start_outbox_relay(self) -> OutboxRelay:
         relay = OutboxRelay(self.database, self.bus, metrics=self.metrics, service=self.name)
