@@ -54,6 +54,7 @@ schemas: install  ## export the event JSON Schemas into schemas/v1
 bench: install services  ## benchmarks that print figures (not tests)
 	$(BIN)/python bench/bus.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/catalog.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
