@@ -9,7 +9,7 @@ import shutil
 from datetime import date
 from pathlib import Path, PurePosixPath
 
-from skyport.files import fsync_directory
+from skyport.files import check_relative_path, fsync_directory
 from skyport.fits import sha256_file
 from skyport.transfer import check_filename
 
@@ -20,10 +20,7 @@ class StorageError(RuntimeError):
 
 def safe_relative(path: str) -> PurePosixPath:
     """A relative path from a message, refused if it could climb out of its root."""
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts) or "\x00" in path:
-        raise ValueError(f"{path!r} is not a safe relative path")
-    return pure
+    return PurePosixPath(check_relative_path(path))
 
 
 class ArchiveStorage:

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skyport.events.models import ArchiveId, Sha256
+from skyport.files import check_relative_path
 
 MAX_FILENAME_LENGTH = 255
 
@@ -52,10 +53,7 @@ class Manifest(BaseModel):
     def _relative_path(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = value.split("/")
-        if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError("shared_path must be a relative path without '.' or '..' parts")
-        for part in parts:
+        for part in check_relative_path(value, "shared_path").split("/"):
             check_filename(part)
         return value
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import astropy.units as u
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skyport.files import check_relative_path
+
 if TYPE_CHECKING:
     from skyport.instruments.evaluation import Evaluation
 
@@ -366,10 +368,7 @@ class ProductKind(_Frozen):
     @field_validator("folder")
     @classmethod
     def _relative_folder(cls, value: str) -> str:
-        parts = value.split("/")
-        if value.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise ValueError(f"folder {value!r} must be a relative path without '.', '..' or empty parts")
-        return value
+        return check_relative_path(value, "folder")
 
     @field_validator("pattern")
     @classmethod
