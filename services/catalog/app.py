@@ -7,18 +7,44 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from services.catalog.cataloguing import CatalogMetrics, Cataloguer
-from services.catalog.handlers.events import on_file_archived
+from services.catalog.handlers.events import on_file_archived, on_file_archived_batch
 from services.catalog.handlers.http import CatalogApi
 from services.catalog.releases import ReleaseScheduler
 from services.catalog.settings import CatalogSettings
-from skyport.bus import Subscription
-from skyport.db import idempotent
+from skyport.bus import Batching, Subscription
+from skyport.db import Database, idempotent, idempotent_batch
 from skyport.events import FileArchived
 from skyport.runtime import ServiceContext, ServiceSpec
 
 QUEUE = "catalog.file-archived"
 CONSUMER = "catalog"
 """The name under which handled file.archived event ids are recorded (skyport.db.idempotency)."""
+
+
+def file_archived_subscription(
+    db: Database,
+    cataloguer: Cataloguer,
+    settings: CatalogSettings,
+    *,
+    queue: str = QUEUE,
+    bindings: tuple[str, ...] = (FileArchived.event_type,),
+) -> Subscription:
+    """The file.archived consumer: batches of ``catalog_batch_size`` events per transaction, or one event per
+    transaction when that is 1; a failed batch is catalogued again one event at a time (see skyport.bus.Batching).
+    """
+    handler = idempotent(db, CONSUMER, on_file_archived(cataloguer))
+    batching = None
+    if settings.catalog_batch_size > 1:
+        batch_handler = idempotent_batch(db, CONSUMER, on_file_archived_batch(cataloguer))
+        batching = Batching(batch_handler, size=settings.catalog_batch_size, wait=settings.catalog_batch_wait)
+    return Subscription(
+        queue,
+        bindings,
+        handler,
+        models={FileArchived.event_type: FileArchived},
+        prefetch=settings.catalog_concurrency * settings.catalog_batch_size,
+        batching=batching,
+    )
 
 
 @asynccontextmanager
@@ -29,15 +55,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
         settings.catalog_public_url, calib_levels=settings.calib_levels, metrics=CatalogMetrics(ctx.metrics.registry)
     )
     ctx.start_outbox_relay()
-    await ctx.subscribe(
-        Subscription(
-            QUEUE,
-            (FileArchived.event_type,),
-            idempotent(ctx.database, CONSUMER, on_file_archived(cataloguer)),
-            models={FileArchived.event_type: FileArchived},
-            prefetch=settings.catalog_concurrency,
-        )
-    )
+    await ctx.subscribe(file_archived_subscription(ctx.database, cataloguer, settings))
     scheduler = ReleaseScheduler(
         ctx.database,
         settings.catalog_public_url,

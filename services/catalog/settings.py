@@ -21,8 +21,25 @@ class CatalogSettings(CommonSettings):
         default=Path("var/archive"),
         description="Archive storage as the ingestor writes it, read for downloads.",
     )
+    catalog_batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=5000,
+        description="file.archived events catalogued together, in one transaction (1: one event per transaction, "
+        "without batching).",
+    )
+    catalog_batch_wait: float = Field(
+        default=0.05,
+        ge=0,
+        lt=60,
+        description="Seconds a batch waits for more events after its first before it is catalogued as it stands.",
+    )
     catalog_concurrency: int = Field(
-        default=16, ge=1, description="file.archived events catalogued at once (the queue's prefetch)."
+        default=2,
+        ge=1,
+        le=64,
+        description="Batches catalogued at once, each in a transaction of its own; the queue's prefetch is this "
+        "times catalog_batch_size, so that the next batch fills while one is catalogued.",
     )
     release_interval: float = Field(
         default=60.0, gt=0, description="Seconds between two looks for data whose release date has passed."

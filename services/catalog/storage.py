@@ -18,8 +18,9 @@ transactions), never late arrivals.
 
 To keep the lock short and free of deadlocks, a transaction takes it **before it writes any products row**
 and writes products rows only after taking it: nobody then waits for the lock while holding a products row
-that the lock's holder needs. Cataloguing writes versions and outbox rows first and the products row last;
-releases take the lock first and then update their products.
+that the lock's holder needs. Cataloguing writes versions and outbox rows first and the products rows last (a
+batch of files takes the lock once, for all of its rows); releases take the lock first and then update their
+products.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -229,19 +230,34 @@ class ProgramStore:
         )
         return Program(**dict(row))
 
-    async def ensure(self, mission: str, propid: str) -> Program:
-        """The program, created (no title, no PI, no period of its own) if the catalog did not know it."""
-        row = await self.conn.fetchrow(
-            f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE mission = $1 AND propid = $2", mission, propid
-        )
-        if row is None:
+    async def ensure(self, programs: Collection[tuple[str, str]]) -> dict[tuple[str, str], Program]:
+        """The programs (``(mission, propid)`` pairs), those the catalog did not know created (no title, no PI, no
+        period of their own); one round trip when they all exist.
+
+        Missing programs are inserted in sorted order, so two transactions creating the same ones wait for each
+        other instead of deadlocking.
+        """
+        wanted = sorted(set(programs))
+        found = await self._programs(wanted)
+        missing = [key for key in wanted if key not in found]
+        if missing:
             await self.conn.execute(
-                "INSERT INTO programs (mission, propid) VALUES ($1, $2) ON CONFLICT DO NOTHING", mission, propid
+                "INSERT INTO programs (mission, propid) SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2 "
+                "ON CONFLICT DO NOTHING",
+                [mission for mission, _ in missing],
+                [propid for _, propid in missing],
             )
-            row = await self.conn.fetchrow(
-                f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE mission = $1 AND propid = $2", mission, propid
-            )
-        return Program(**dict(row))
+            found.update(await self._programs(missing))
+        return found
+
+    async def _programs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Program]:
+        rows = await self.conn.fetch(
+            f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE (mission, propid) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[]))",
+            [mission for mission, _ in keys],
+            [propid for _, propid in keys],
+        )
+        return {(row["mission"], row["propid"]): Program(**dict(row)) for row in rows}
 
     async def get(self, mission: str, propid: str) -> Program | None:
         row = await self.conn.fetchrow(
@@ -249,18 +265,24 @@ class ProgramStore:
         )
         return None if row is None else Program(**dict(row))
 
-    async def claim_first_data(self, mission: str, propid: str) -> bool:
-        """True exactly once per program: for the transaction that catalogues its first product.
+    async def claim_first_data(self, programs: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of the programs whose first data this transaction catalogues: each program is claimed once, ever.
 
-        The row lock makes a concurrent second claim wait, then find ``first_data_at`` set and return False.
+        The rows are locked in sorted order (no deadlock between two transactions claiming the same programs); a
+        concurrent second claim waits for the first, then finds ``first_data_at`` set and leaves the program out.
+        ``FOR NO KEY UPDATE`` leaves the foreign-key checks of products being inserted meanwhile free to go on.
         """
-        claimed = await self.conn.fetchval(
-            "UPDATE programs SET first_data_at = now() "
-            "WHERE mission = $1 AND propid = $2 AND first_data_at IS NULL RETURNING true",
-            mission,
-            propid,
+        wanted = sorted(set(programs))
+        rows = await self.conn.fetch(
+            "WITH claimed AS (SELECT mission, propid FROM programs "
+            "WHERE (mission, propid) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND first_data_at IS NULL "
+            "ORDER BY mission, propid FOR NO KEY UPDATE) "
+            "UPDATE programs p SET first_data_at = now() FROM claimed c "
+            "WHERE p.mission = c.mission AND p.propid = c.propid RETURNING p.mission, p.propid",
+            [mission for mission, _ in wanted],
+            [propid for _, propid in wanted],
         )
-        return bool(claimed)
+        return {(row["mission"], row["propid"]) for row in rows}
 
     async def summaries(self) -> list[ProgramSummary]:
         rows = await self.conn.fetch(
@@ -409,39 +431,134 @@ class ProductDescription:
     transfer_id: str | None
 
 
-# The products columns a version describes (the rest are the row's own: public_since, first_archived_at, seq...).
-_DESCRIBED = (
-    *("version", "mission", "propid", "obset", "level", "product", "intent", "original_filename"),
-    *("obs_collection", "obs_id", "dataproduct_type", "calib_level", "target_name", "s_ra", "s_dec", "healpix"),
-    *("t_min", "t_max", "t_exptime", "em_min", "em_max", "instrument_name", "facility_name", "access_format"),
-    *("access_estsize", "filters", "header", "observed_at", "written_at", "archived_at"),
-)
-_INSERT_PRODUCT = (
+# The products columns a version describes (the rest are the row's own: public_since, first_archived_at, seq...),
+# with the SQL type of the array each is passed in. Arrays of arrays must be rectangular in PostgreSQL, so the
+# per-row lists (filters) travel as JSON text, as the header does.
+_DESCRIBED = {
+    "version": "int",
+    "mission": "text",
+    "propid": "text",
+    "obset": "text",
+    "level": "text",
+    "product": "text",
+    "intent": "text",
+    "original_filename": "text",
+    "obs_collection": "text",
+    "obs_id": "text",
+    "dataproduct_type": "text",
+    "calib_level": "smallint",
+    "target_name": "text",
+    "s_ra": "float8",
+    "s_dec": "float8",
+    "healpix": "bigint",
+    "t_min": "float8",
+    "t_max": "float8",
+    "t_exptime": "float8",
+    "em_min": "float8",
+    "em_max": "float8",
+    "instrument_name": "text",
+    "facility_name": "text",
+    "access_format": "text",
+    "access_estsize": "bigint",
+    "filters": "text",
+    "header": "text",
+    "observed_at": "timestamptz",
+    "written_at": "timestamptz",
+    "archived_at": "timestamptz",
+}
+
+
+def _unnest(columns: dict[str, str]) -> str:
+    """``unnest($1::type[], ...) AS t(column, ...)``: one row per product from one array per column."""
+    arrays = ", ".join(f"${i}::{sql_type}[]" for i, sql_type in enumerate(columns.values(), start=1))
+    return f"unnest({arrays}) AS t({', '.join(columns)})"
+
+
+def _value_of(column: str) -> str:
+    """The SQL value of a described column in :func:`_unnest`'s row ``t`` (JSON text back to its type)."""
+    if column == "header":
+        return "t.header::jsonb"
+    if column == "filters":
+        return "ARRAY(SELECT jsonb_array_elements_text(t.filters::jsonb))"
+    return f"t.{column}"
+
+
+_NEW_PRODUCT_COLUMNS = {
+    "archive_id": "text",
+    **_DESCRIBED,
+    "release_date": "date",
+    "public": "bool",
+    "first_archived_at": "timestamptz",
+}
+_INSERT_PRODUCTS = (
     f"INSERT INTO products (archive_id, {', '.join(_DESCRIBED)}, release_date, public_since, first_archived_at, "
-    "catalogued_at, seq) VALUES ($1, "
-    + ", ".join(f"${i}::jsonb" if c == "header" else f"${i}" for i, c in enumerate(_DESCRIBED, start=2))
-    + f", ${len(_DESCRIBED) + 2}, CASE WHEN ${len(_DESCRIBED) + 3} THEN now() END, ${len(_DESCRIBED) + 4}, now(), "
-    "nextval('product_change_seq'))"
+    "catalogued_at, seq) SELECT t.archive_id, "
+    + ", ".join(_value_of(c) for c in _DESCRIBED)
+    + ", t.release_date, CASE WHEN t.public THEN now() END, t.first_archived_at, now(), nextval('product_change_seq') "
+    f"FROM {_unnest(_NEW_PRODUCT_COLUMNS)}"
 )
 # A new version: the release date of data not yet public follows the newest version; data once public stay so.
-_UPDATE_PRODUCT = (
-    "UPDATE products SET "
-    + ", ".join(f"{c} = ${i}::jsonb" if c == "header" else f"{c} = ${i}" for i, c in enumerate(_DESCRIBED, start=2))
-    + f", release_date = CASE WHEN public_since IS NULL THEN ${len(_DESCRIBED) + 2} ELSE release_date END, "
-    "catalogued_at = now(), seq = nextval('product_change_seq') WHERE archive_id = $1"
+_UPDATE_PRODUCTS = (
+    "UPDATE products p SET "
+    + ", ".join(f"{c} = {_value_of(c)}" for c in _DESCRIBED)
+    + ", release_date = CASE WHEN p.public_since IS NULL THEN t.release_date ELSE p.release_date END, "
+    "catalogued_at = now(), seq = nextval('product_change_seq') "
+    f"FROM {_unnest({'archive_id': 'text', **_DESCRIBED, 'release_date': 'date'})} WHERE p.archive_id = t.archive_id"
+)
+_VERSION_COLUMNS = {
+    "archive_id": "text",
+    "version": "int",
+    "sha256": "text",
+    "size_bytes": "bigint",
+    "storage_path": "text",
+    "original_filename": "text",
+    "software_version": "text",
+    "reference_files": "text",
+    "supersedes_version": "int",
+    "transfer_id": "text",
+    "archived_at": "timestamptz",
+}
+_INSERT_VERSIONS = (
+    f"INSERT INTO product_versions ({', '.join(_VERSION_COLUMNS)}) SELECT "
+    + ", ".join(
+        "ARRAY(SELECT jsonb_array_elements_text(t.reference_files::jsonb))" if c == "reference_files" else f"t.{c}"
+        for c in _VERSION_COLUMNS
+    )
+    + f" FROM {_unnest(_VERSION_COLUMNS)}"
 )
 
 
-def _described_values(product: ProductDescription) -> list[Any]:
-    values = []
+def _described_arrays(products: Sequence[ProductDescription]) -> list[list[Any]]:
+    """One array per described column, in :data:`_DESCRIBED`'s order."""
+    arrays: list[list[Any]] = []
     for column in _DESCRIBED:
-        value = getattr(product, column)
         if column == "header":
-            value = json.dumps(value)
+            arrays.append([json.dumps(p.header) for p in products])
         elif column == "filters":
-            value = list(value)
-        values.append(value)
-    return values
+            arrays.append([json.dumps(p.filters) for p in products])
+        else:
+            arrays.append([getattr(p, column) for p in products])
+    return arrays
+
+
+@dataclass(frozen=True)
+class NewProduct:
+    """The products row of an archive ID catalogued for the first time (perhaps with later versions at once)."""
+
+    current: ProductDescription
+    """The version the row describes (the newest), with the release date the row gets."""
+    public: bool
+    first_archived_at: datetime
+
+
+@dataclass(frozen=True)
+class KnownVersions:
+    """What the catalog holds of some archive IDs, for cataloguing some versions of them."""
+
+    current_version: dict[str, int]
+    """Each archive ID's current version; archive IDs never catalogued are absent."""
+    sha256: dict[tuple[str, int], str]
+    """The checksum of each ``(archive ID, version)`` asked about that is catalogued already."""
 
 
 @dataclass(frozen=True)
@@ -451,14 +568,6 @@ class CurrentProduct:
     mission: str
     propid: str
     public_since: datetime | None
-
-
-@dataclass(frozen=True)
-class KnownVersions:
-    current_version: int | None
-    """The product's current version; None for an archive ID never catalogued."""
-    sha256_of_version: str | None
-    """The checksum of the version asked about, if that version is catalogued already."""
 
 
 @dataclass(frozen=True)
@@ -502,9 +611,17 @@ class ProductStore:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def lock_archive_id(self, archive_id: str) -> None:
-        """Serialise the cataloguing of one archive ID until the transaction ends (versions arrive in order)."""
-        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('skyport.catalog.product.' || $1))", archive_id)
+    async def lock_archive_ids(self, archive_ids: Collection[str]) -> None:
+        """Serialise the cataloguing of these archive IDs until the transaction ends (versions arrive in order).
+
+        The locks are taken in the order of their keys (PostgreSQL evaluates a volatile output column after the
+        ORDER BY), so that two transactions locking overlapping sets wait for each other instead of deadlocking.
+        """
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(key) FROM (SELECT DISTINCT hashtext('skyport.catalog.product.' || id) AS key "
+            "FROM unnest($1::text[]) AS id) AS keys ORDER BY key",
+            list(set(archive_ids)),
+        )
 
     async def lock_catalog_order(self) -> None:
         """Take the catalog-order lock until the transaction ends; see the module's documentation.
@@ -513,15 +630,20 @@ class ProductStore:
         """
         await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('skyport.catalog.order.' || current_schema()))")
 
-    async def known_versions(self, archive_id: str, version: int) -> KnownVersions:
-        """What the catalog holds of an archive ID, for cataloguing ``version`` of it (one round trip)."""
-        row = await self.conn.fetchrow(
-            "SELECT (SELECT version FROM products WHERE archive_id = $1) AS current_version, "
-            "(SELECT sha256 FROM product_versions WHERE archive_id = $1 AND version = $2) AS sha256_of_version",
-            archive_id,
-            version,
+    async def known_versions(self, versions: Collection[tuple[str, int]]) -> KnownVersions:
+        """What the catalog holds of these ``(archive ID, version)`` pairs, for cataloguing them (one round trip)."""
+        rows = await self.conn.fetch(
+            "SELECT t.archive_id, t.version, p.version AS current_version, v.sha256 "
+            "FROM unnest($1::text[], $2::int[]) AS t(archive_id, version) "
+            "LEFT JOIN products p ON p.archive_id = t.archive_id "
+            "LEFT JOIN product_versions v ON v.archive_id = t.archive_id AND v.version = t.version",
+            [archive_id for archive_id, _ in versions],
+            [version for _, version in versions],
         )
-        return KnownVersions(row["current_version"], row["sha256_of_version"])
+        return KnownVersions(
+            current_version={r["archive_id"]: r["current_version"] for r in rows if r["current_version"] is not None},
+            sha256={(r["archive_id"], r["version"]): r["sha256"] for r in rows if r["sha256"] is not None},
+        )
 
     async def current(self, archive_id: str) -> CurrentProduct | None:
         row = await self.conn.fetchrow(
@@ -542,38 +664,48 @@ class ProductStore:
         )
         return [ProductVersion(**dict(row)) for row in rows]
 
-    async def add_version(self, product: ProductDescription, supersedes_version: int | None) -> None:
+    async def add_versions(self, versions: Sequence[tuple[ProductDescription, int | None]]) -> None:
+        """Record versions (each with the version it supersedes, if it does) in one round trip."""
+        if not versions:
+            return
         await self.conn.execute(
-            "INSERT INTO product_versions (archive_id, version, sha256, size_bytes, storage_path, original_filename, "
-            "software_version, reference_files, supersedes_version, transfer_id, archived_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            product.archive_id,
-            product.version,
-            product.sha256,
-            product.size_bytes,
-            product.storage_path,
-            product.original_filename,
-            product.software_version,
-            list(product.reference_files),
-            supersedes_version,
-            product.transfer_id,
-            product.archived_at,
+            _INSERT_VERSIONS,
+            [p.archive_id for p, _ in versions],
+            [p.version for p, _ in versions],
+            [p.sha256 for p, _ in versions],
+            [p.size_bytes for p, _ in versions],
+            [p.storage_path for p, _ in versions],
+            [p.original_filename for p, _ in versions],
+            [p.software_version for p, _ in versions],
+            [json.dumps(p.reference_files) for p, _ in versions],
+            [supersedes for _, supersedes in versions],
+            [p.transfer_id for p, _ in versions],
+            [p.archived_at for p, _ in versions],
         )
 
-    async def insert(self, product: ProductDescription, *, public: bool) -> None:
-        """The products row of a new archive ID; call :meth:`lock_catalog_order` first."""
+    async def insert(self, products: Sequence[NewProduct]) -> None:
+        """The products rows of new archive IDs; call :meth:`lock_catalog_order` first."""
+        if not products:
+            return
         await self.conn.execute(
-            _INSERT_PRODUCT,
-            product.archive_id,
-            *_described_values(product),
-            product.release_date,
-            public,
-            product.archived_at,
+            _INSERT_PRODUCTS,
+            [p.current.archive_id for p in products],
+            *_described_arrays([p.current for p in products]),
+            [p.current.release_date for p in products],
+            [p.public for p in products],
+            [p.first_archived_at for p in products],
         )
 
-    async def update_to(self, product: ProductDescription) -> None:
-        """Make ``product`` (a newer version) the current one; call :meth:`lock_catalog_order` first."""
-        await self.conn.execute(_UPDATE_PRODUCT, product.archive_id, *_described_values(product), product.release_date)
+    async def update_to(self, products: Sequence[ProductDescription]) -> None:
+        """Make these (newer) versions the current ones, one per archive ID; call :meth:`lock_catalog_order` first."""
+        if not products:
+            return
+        await self.conn.execute(
+            _UPDATE_PRODUCTS,
+            [p.archive_id for p in products],
+            *_described_arrays(products),
+            [p.release_date for p in products],
+        )
 
     async def due_for_release(self, today: date, limit: int) -> list[AnnouncedFile]:
         """Proprietary products whose release date is ``today`` or earlier, grouped by program and level."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from skyport.bus import Bus, OutgoingMessage, PermanentError, RetryPolicy, Subscription, create_bus
+from skyport.bus import Batching, Bus, OutgoingMessage, PermanentError, RetryPolicy, Subscription, create_bus
 from skyport.bus.memory import broker_for
 from skyport.events import CloudEvent, DatasetNew, IngestFailed
 from tests.support.broker import close_connections_named
@@ -257,3 +257,191 @@ async def _wait_for_dead_letter(bus: Bus, message_id: str) -> Any:
                 return letter
         await asyncio.sleep(0.1)
     raise AssertionError("unreachable")
+
+
+# --- batching: the same guarantees, per message, for a consumer that takes its messages in batches ------------
+
+
+class BatchRecorder:
+    """A batch handler that records the batches it gets, and fails every batch holding an event ``fails_on``."""
+
+    def __init__(self, fails_on: Callable[[CloudEvent[Any]], bool] = lambda _: False) -> None:
+        self.batches: list[list[str]] = []
+        self.handled: Counter[str] = Counter()
+        """The events of the batches that succeeded."""
+        self.fails_on = fails_on
+
+    async def __call__(self, events: Sequence[CloudEvent[Any]]) -> None:
+        self.batches.append([e.id for e in events])
+        if any(self.fails_on(e) for e in events):
+            raise RuntimeError("a bad event in the batch")
+        self.handled.update(e.id for e in events)
+
+    @property
+    def ids(self) -> Counter[str]:
+        return Counter(event_id for batch in self.batches for event_id in batch)
+
+
+def batched(
+    queue: str, key: str, handler: Any, batches: BatchRecorder, *, size: int = 4, wait: float = 1.0, prefetch: int = 8
+) -> Subscription:
+    return Subscription(
+        queue, (key,), handler, prefetch=prefetch, retry=FAST_RETRY, batching=Batching(batches, size=size, wait=wait)
+    )
+
+
+async def test_a_batch_consumer_gets_the_waiting_messages_together_and_acks_them(harness: Harness, unique: str) -> None:
+    bus = await harness.bus()
+    one_by_one, batches = Recorder(), BatchRecorder()
+    key, queue = f"test.{unique}", f"{unique}.q"
+    # One batch at a time (the prefetch holds one batch), so that the batches are the same on every run.
+    await bus.subscribe(batched(queue, key, one_by_one, batches, size=4, wait=1.0, prefetch=4))
+    events = [failed(f"{unique}-{i}") for i in range(10)]
+
+    await asyncio.gather(*(bus.publish(event, routing_key=key) for event in events))
+
+    await eventually(lambda: sum(batches.ids.values()) == 10, what="the ten messages in batches")
+    assert batches.ids == Counter({e.id: 1 for e in events})
+    # Published at once: two full batches, then the last two when the third batch's wait runs out.
+    assert [len(batch) for batch in batches.batches] == [4, 4, 2]
+    assert one_by_one.calls == Counter()
+    await _assert_nothing_left_unacknowledged(harness, bus, queue, key)
+
+
+async def test_a_bad_message_in_a_batch_goes_to_dead_letters_alone_and_the_others_are_handled(
+    harness: Harness, unique: str
+) -> None:
+    bus = await harness.bus()
+    key, queue = f"test.{unique}", f"{unique}.q"
+    handled: Counter[str] = Counter()
+
+    def poisoned(event: CloudEvent[Any]) -> bool:
+        return bool(event.data.transfer_id.endswith("poison"))
+
+    async def one_by_one(event: CloudEvent[Any]) -> None:
+        if poisoned(event):
+            raise PermanentError("poisoned")
+        handled[event.id] += 1
+
+    batches = BatchRecorder(fails_on=poisoned)
+    await bus.subscribe(batched(queue, key, one_by_one, batches, size=8, wait=1.0, prefetch=8))
+    good = [failed(f"{unique}-{i}") for i in range(5)]
+    poison = failed(f"{unique}-poison")
+    template = OutgoingMessage.from_event(failed(unique), routing_key=key)
+    invalid = OutgoingMessage(key, b"{not json", f"{unique}-invalid", "ingest.failed", template.timestamp)
+
+    await asyncio.gather(
+        *(bus.publish(event, routing_key=key) for event in [*good[:3], poison, *good[3:]]),
+        bus.publish_message(invalid),
+    )
+
+    poison_letter = await _wait_for_dead_letter(bus, poison.id)
+    invalid_letter = await _wait_for_dead_letter(bus, invalid.message_id)
+    try:
+        # One batch of the six valid messages, which failed: then each of them on its own.
+        await eventually(lambda: handled == Counter({e.id: 1 for e in good}), what="the good messages")
+        assert [sorted(batch) for batch in batches.batches] == [sorted(e.id for e in [*good, poison])]
+        assert invalid.message_id not in batches.ids  # never handed to a handler
+        assert poison_letter.reason == "rejected by handler: poisoned"
+        assert "not a CloudEvents 1.0 JSON envelope" in invalid_letter.reason
+        assert (poison_letter.queue, poison_letter.attempts) == (queue, 1)
+        assert {e.id for e in good} & await _dead_letter_ids(bus) == set()
+        await _assert_nothing_left_unacknowledged(harness, bus, queue, key)
+    finally:
+        await harness.cleanup_dead_letters({poison.id, invalid.message_id})
+
+
+async def test_a_message_that_fails_a_batch_for_a_while_is_retried_on_its_own(harness: Harness, unique: str) -> None:
+    bus = await harness.bus()
+    key, queue = f"test.{unique}", f"{unique}.q"
+
+    def flaky(event: CloudEvent[Any]) -> bool:
+        return bool(event.data.transfer_id.endswith("flaky"))
+
+    one_by_one = Recorder(fail_times=0)
+    calls: Counter[str] = Counter()
+
+    async def fails_once_when_flaky(event: CloudEvent[Any]) -> None:
+        calls[event.id] += 1
+        if flaky(event) and calls[event.id] == 1:
+            raise RuntimeError("the database is restarting")
+        await one_by_one(event)
+
+    batches = BatchRecorder(fails_on=flaky)
+    await bus.subscribe(batched(queue, key, fails_once_when_flaky, batches, size=8, wait=0.5, prefetch=16))
+    events = [failed(f"{unique}-{i}") for i in range(4)] + [failed(f"{unique}-flaky")]
+
+    await asyncio.gather(*(bus.publish(event, routing_key=key) for event in events))
+
+    flaky_id = events[-1].id
+    await eventually(lambda: flaky_id in one_by_one.ids, what="the flaky message handled at last")
+    assert calls[flaky_id] == 2  # failed, went to the retry queue, then succeeded
+    assert batches.ids[flaky_id] == 2  # each delivery was tried in a batch first
+    assert one_by_one.calls + batches.handled == Counter({e.id: 1 for e in events})
+    assert {e.id for e in events} & await _dead_letter_ids(bus) == set()
+
+
+async def test_a_stopped_batch_consumer_returns_the_messages_it_holds(harness: Harness, unique: str) -> None:
+    first, second = await harness.bus(), await harness.bus()
+    key, queue = f"test.{unique}", f"{unique}.q"
+    started = asyncio.Event()
+
+    async def never_finishes(events: Sequence[CloudEvent[Any]]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await first.subscribe(
+        Subscription(queue, (key,), Recorder(), prefetch=4, batching=Batching(never_finishes, size=2, wait=0.2))
+    )
+    events = [failed(f"{unique}-{i}") for i in range(6)]
+    await asyncio.gather(*(first.publish(event, routing_key=key) for event in events))
+    await asyncio.wait_for(started.wait(), 20)
+
+    # Two batches in the handler, perhaps more messages waiting for a batch: all of them come back.
+    await first.stop_consuming(timeout=0.2)
+    recorder = Recorder()
+    await second.subscribe(Subscription(queue, (key,), recorder))
+    await eventually(lambda: recorder.ids == {e.id for e in events}, what="every unacknowledged message back")
+
+
+async def test_a_dropped_connection_loses_nothing_from_a_batch_consumer(harness: Harness, unique: str) -> None:
+    publisher, consumer = await harness.bus(), await harness.bus()
+    received: Counter[str] = Counter()
+
+    async def slow_batch(events: Sequence[CloudEvent[Any]]) -> None:
+        await asyncio.sleep(0.01)
+        received.update(e.id for e in events)
+
+    key = f"test.{unique}"
+    await consumer.subscribe(
+        Subscription(f"{unique}.q", (key,), Recorder(), prefetch=40, batching=Batching(slow_batch, size=10, wait=0.05))
+    )
+    sent: list[str] = []
+
+    async def publish(count: int) -> None:
+        for _ in range(count):
+            event = failed(unique)
+            await publisher.publish(event, routing_key=key)
+            sent.append(event.id)
+
+    await publish(150)
+    await eventually(lambda: len(received) >= 20, what="consumption to be under way")
+    dropping = asyncio.create_task(harness.drop_connections())
+    await publish(150)
+    await dropping
+    await publish(50)
+    await eventually(lambda: set(received) == set(sent), timeout=60, what="every message after the outage")
+    assert len(sent) == 350
+
+
+async def _assert_nothing_left_unacknowledged(harness: Harness, bus: Bus, queue: str, key: str) -> None:
+    """Stop consuming, which returns unacknowledged messages to the queue ahead of newer ones; a new consumer
+    then gets a message published now, and nothing before it."""
+    await bus.stop_consuming(timeout=5)
+    after = Recorder()
+    other = await harness.bus()
+    await other.subscribe(Subscription(queue, (key,), after))
+    sentinel = failed("sentinel")
+    await other.publish(sentinel, routing_key=key)
+    await eventually(lambda: sentinel.id in after.ids, what="the message published after the batches")
+    assert [e.id for e in after.events] == [sentinel.id]

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from services.catalog.app import service as catalog_service
-from services.catalog.cataloguing import Cataloguer
+from services.catalog.cataloguing import Cataloguer, Outcome
 from services.catalog.releases import release_due
+from services.catalog.settings import CatalogSettings
 from services.catalog.sky import angular_distance, cone
 from services.catalog.storage import Params, ProductStore, cone_condition
 from skyport.bus import Bus, OutgoingMessage, create_bus
@@ -239,6 +240,138 @@ async def test_a_malformed_file_archived_goes_to_dead_letters_with_the_reason(
     assert await catalog.handled() == 1
 
 
+# --- batches: many files per transaction, the same outcome as one by one ---------------------------------
+
+
+async def test_a_batch_holding_versions_1_and_2_of_an_archive_id_gives_new_then_repro(
+    db: Database, unique: str
+) -> None:
+    archive_id = f"jw{unique}_cal"
+    v1 = archived(archive_id, propid=f"P{unique}", mission="JWST", instrument="NIRCAM", level="2b")
+    v2 = archived(archive_id, propid=f"P{unique}", mission="JWST", instrument="NIRCAM", level="2b", version=2)
+
+    async with db.transaction() as conn:
+        results = await Cataloguer(PUBLIC_URL).catalogue_batch(conn, [(v2, "c2"), (v1, "c1")])
+
+    assert [(r.outcome, r.version) for r in results] == [(Outcome.NEW, 1), (Outcome.REPRO, 2)]
+    assert [e.type for e in results[0].events] == ["dataset.first", "dataset.new"]
+    (repro,) = results[1].events
+    assert (repro.type, repro.data.repro.supersedes_version, repro.correlationid) == ("dataset.repro", 1, "c2")
+    row = await db.pool.fetchrow("SELECT * FROM products WHERE archive_id = $1", archive_id)
+    assert row is not None
+    assert (row["version"], row["first_archived_at"], row["archived_at"]) == (2, v1.archived_at, v2.archived_at)
+    versions = await db.pool.fetch(
+        "SELECT version, supersedes_version, sha256 FROM product_versions WHERE archive_id = $1 ORDER BY version",
+        archive_id,
+    )
+    assert [tuple(v) for v in versions] == [(1, None, v1.sha256), (2, 1, v2.sha256)]
+    outbox = await db.pool.fetch("SELECT event_type FROM outbox ORDER BY id")
+    assert [r["event_type"] for r in outbox] == ["dataset.first", "dataset.new", "dataset.repro"]
+
+
+async def test_a_batch_gives_the_catalog_and_events_the_files_give_one_by_one(
+    db: Database, database_url: str, unique: str
+) -> None:
+    known, fresh, past = f"K{unique}", f"N{unique}", date(2020, 1, 1)
+    before = [
+        archived(f"HI.{unique}.x", propid=known),
+        archived(f"HI.{unique}.late", propid=known, version=3),
+        archived(f"HI.{unique}.dup", propid=known),
+    ]
+    batch = [
+        archived(f"HI.{unique}.x", propid=known, version=3, software_version="2.0"),
+        archived(f"HI.{unique}.x", propid=known, version=2, software_version="1.9", reference_files=["flat.fits"]),
+        archived(f"HI.{unique}.late", propid=known, version=2),  # older than the current version 3
+        archived(f"HI.{unique}.dup", propid=known),  # catalogued already, same checksum
+        archived(f"HI.{unique}.a", propid=fresh, obset="001"),  # first data of a new program
+        archived(f"HI.{unique}.b", propid=fresh, obset="002", level="1"),
+        archived(f"HI.{unique}.old", propid=fresh, release_date=past),  # public at once ...
+        archived(f"HI.{unique}.old", propid=fresh, release_date=date(2099, 1, 1), version=2),  # ... and stays so
+        archived(f"HI.{unique}.twice", propid=fresh),
+        archived(f"HI.{unique}.twice", propid=fresh),  # emitted twice by the ingestor
+    ]
+    random.Random(unique).shuffle(batch)
+    cataloguer = Cataloguer(PUBLIC_URL, today=lambda: date(2026, 6, 1))
+    async with catalog_database(database_url, f"catalog_{unique}_one_by_one") as one_by_one:
+        for target in (db, one_by_one):
+            await catalogue_directly(target, *before, cataloguer=cataloguer)
+
+        async with db.transaction() as conn:
+            results = await cataloguer.catalogue_batch(conn, [(data, None) for data in batch])
+        in_order = sorted(batch, key=lambda data: (data.archive_id, data.version))
+        await catalogue_directly(one_by_one, *in_order, cataloguer=cataloguer)
+
+        assert Counter(r.outcome for r in results) == Counter(
+            {Outcome.NEW: 4, Outcome.REPRO: 3, Outcome.LATE_VERSION: 1, Outcome.DUPLICATE: 2}
+        )
+        assert await _catalog_state(db) == await _catalog_state(one_by_one)
+    products, _, events = await _catalog_state(db)
+    assert (products[f"HI.{unique}.x"]["version"], products[f"HI.{unique}.late"]["version"]) == (3, 3)
+    assert products[f"HI.{unique}.old"]["public"] is True
+    assert products[f"HI.{unique}.old"]["release_date"] == past
+    fresh_events = [e for e in events if e[0] == f"KECK/{fresh}"]
+    assert [e for e in fresh_events if e[1] == "dataset.first"] == [
+        (f"KECK/{fresh}", "dataset.first", ((f"HI.{unique}.a", 1),), None)
+    ]
+    assert fresh_events[0][1] == "dataset.first"  # before any of the program's dataset.new
+
+
+async def test_a_conflicting_checksum_in_a_batch_is_dead_lettered_and_the_rest_catalogued(
+    db: Database, bus: Bus, unique: str
+) -> None:
+    propid = f"P{unique}"
+    original = archived(f"HI.{unique}.0", propid=propid)
+    await catalogue_directly(db, original)
+    settings = CatalogSettings(catalog_public_url=PUBLIC_URL, catalog_batch_size=20, catalog_batch_wait=1.0)
+    catalog = CatalogInProcess(db, bus, unique, settings=settings)
+    await catalog.start(relay=False)
+    try:
+        good = [event_of(archived(f"HI.{unique}.{i}", propid=propid)) for i in range(1, 6)]
+        conflicting = event_of(archived(original.archive_id, propid=propid, sha256=sha256_of("other bytes")))
+        await asyncio.gather(*(catalog.publish(event) for event in [*good[:2], conflicting, *good[2:]]))
+
+        letter = await _dead_letter(bus, conflicting.id)
+        await bus.drop_dead_letters({conflicting.id})
+        assert letter.reason.startswith(f"rejected by handler: {original.archive_id} version 1 is catalogued with")
+        await eventually(lambda: _equals(catalog.handled(), 5), what="the five good files")
+        assert await db.pool.fetchval("SELECT count(*) FROM products") == 6
+        assert await db.pool.fetchval(
+            "SELECT sha256 FROM product_versions WHERE archive_id = $1", original.archive_id
+        ) == (original.sha256)
+        assert {r["event_type"] for r in await db.pool.fetch("SELECT event_type FROM outbox")} == {
+            "dataset.first",
+            "dataset.new",
+        }
+    finally:
+        await catalog.close()
+
+
+async def test_concurrent_batches_never_deadlock_and_announce_a_program_first_once(db: Database, unique: str) -> None:
+    rng = random.Random(unique)
+    programs = [f"P{unique}{p}" for p in range(4)]
+    files = [
+        archived(f"HI.{unique}.{i:02d}", propid=programs[i % 4], version=version)
+        for i in range(24)
+        for version in (1, 2, 3)
+    ]
+    cataloguer = Cataloguer(PUBLIC_URL)
+
+    async def catalogue_some() -> None:
+        chosen = rng.sample(files, 30)  # overlapping archive IDs and programs, in any order
+        async with db.transaction() as conn:
+            await cataloguer.catalogue_batch(conn, [(data, None) for data in chosen])
+
+    await asyncio.wait_for(asyncio.gather(*(catalogue_some() for _ in range(12))), 60)
+    await catalogue_directly(db, *files, cataloguer=cataloguer)  # whatever no batch chose
+
+    rows = await db.pool.fetch("SELECT version, count(*) AS n FROM products GROUP BY version")
+    assert {r["version"]: r["n"] for r in rows} == {3: 24}
+    assert await db.pool.fetchval("SELECT count(*) FROM product_versions") == 72
+    firsts = await db.pool.fetch("SELECT subject FROM outbox WHERE event_type = 'dataset.first'")
+    assert sorted(r["subject"] for r in firsts) == sorted(f"KECK/{p}" for p in programs)
+    assert await db.pool.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'dataset.new'") == 24
+
+
 # --- releases ----------------------------------------------------------------------------------------
 
 
@@ -338,8 +471,9 @@ async def test_a_catalog_stopped_between_publish_and_mark_sends_again_and_dedupl
 # --- the catalog order, and positions ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("per_transaction", [1, 12])
 async def test_a_reader_paging_in_catalog_order_never_skips_or_repeats_a_row_while_rows_arrive(
-    db: Database, unique: str
+    db: Database, unique: str, per_transaction: int
 ) -> None:
     cataloguer = Cataloguer(PUBLIC_URL)
     files = [archived(f"HI.{unique}.{i:03d}", propid=f"P{unique}{i % 4}") for i in range(160)]
@@ -350,9 +484,9 @@ async def test_a_reader_paging_in_catalog_order_never_skips_or_repeats_a_row_whi
 
     async def writer() -> None:
         while not queue.empty():
-            data = queue.get_nowait()
+            batch = [queue.get_nowait() for _ in range(min(per_transaction, queue.qsize()))]
             async with db.transaction() as conn:
-                await cataloguer.catalogue(conn, data)
+                await cataloguer.catalogue_batch(conn, [(data, None) for data in batch])
                 # Late commits: without the catalog-order lock, later numbers would commit before this one.
                 await asyncio.sleep(random.random() * 0.004)
 
@@ -425,6 +559,31 @@ async def test_the_catalog_runs_on_the_embedded_postgresql(tmp_path: Path, uniqu
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+
+async def _catalog_state(
+    db: Database,
+) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What a reader can tell of a catalog, without the times and numbers its transactions gave it."""
+    products = {
+        row["archive_id"]: {k: v for k, v in dict(row).items() if k not in _TIMES}
+        for row in await db.pool.fetch("SELECT *, public_since IS NOT NULL AS public FROM products")
+    }
+    versions = [
+        tuple(v for k, v in dict(row).items() if k != "catalogued_at")
+        for row in await db.pool.fetch("SELECT * FROM product_versions ORDER BY archive_id, version")
+    ]
+    events = []
+    for row in await db.pool.fetch("SELECT subject, body FROM outbox ORDER BY id"):
+        data = json.loads(row["body"])["data"]
+        files = tuple((f["archive_id"], f["version"]) for f in data["files"])
+        events.append(
+            (row["subject"], f"dataset.{data['type']}", files, (data.get("repro") or {}).get("supersedes_version"))
+        )
+    return products, versions, events
+
+
+_TIMES = {"public_since", "catalogued_at", "seq"}
 
 
 def _one_event_per_file_and_type(received: Received) -> bool:

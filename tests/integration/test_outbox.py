@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 import pytest
 
 from skyport.bus import Bus, OutgoingMessage, Subscription, create_bus
-from skyport.db import Database, OutboxRelay, enqueue, idempotent
+from skyport.db import Database, OutboxRelay, enqueue, enqueue_many, idempotent, idempotent_batch
 from skyport.events import CloudEvent, IngestCompleted
 from tests.support.waiting import eventually
 
@@ -203,3 +203,66 @@ async def test_only_one_relay_publishes_for_a_schema(database: Database, bus: Bu
 
 async def _is_zero(value: Any) -> bool:
     return await value == 0
+
+
+async def test_a_batch_is_handled_once_per_event_however_it_is_redelivered(database: Database, unique: str) -> None:
+    await database.pool.execute("CREATE TABLE archived_versions (archive_id text, version int)")
+    given: list[list[str]] = []
+
+    async def record_versions(conn: asyncpg.Connection, events: Sequence[CloudEvent[Any]]) -> None:
+        given.append([e.id for e in events])
+        await conn.executemany(
+            "INSERT INTO archived_versions VALUES ($1, $2)", [(e.data.archive_id, e.data.version) for e in events]
+        )
+
+    handle = idempotent_batch(database, "catalog-test", record_versions)
+    v1, v2, v3 = (completed(f"A{unique}", version) for version in (1, 2, 3))
+
+    await handle([v1, v2, v1])  # the same event twice in one batch (published twice)
+    await handle([v2, v1, v3])  # redelivered with a new one
+    await handle([v3])  # redelivered alone: nothing to do
+
+    assert given == [[v1.id, v2.id], [v3.id]]
+    rows = await database.pool.fetch("SELECT version FROM archived_versions ORDER BY version")
+    assert [r["version"] for r in rows] == [1, 2, 3]
+
+
+async def test_a_failed_batch_records_none_of_its_events(database: Database, unique: str) -> None:
+    async def fails(conn: asyncpg.Connection, events: Sequence[CloudEvent[Any]]) -> None:
+        raise RuntimeError("the batch failed")
+
+    events = [completed(f"A{unique}", version) for version in (1, 2)]
+    with pytest.raises(RuntimeError, match="the batch failed"):
+        await idempotent_batch(database, "catalog-test", fails)(events)
+
+    # The events were not claimed: handled one by one now, each is handled.
+    handled: list[str] = []
+
+    async def record(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
+        handled.append(event.id)
+
+    for event in events:
+        await idempotent(database, "catalog-test", record)(event)
+    assert handled == [e.id for e in events]
+
+
+async def test_events_enqueued_together_are_published_in_their_order(database: Database, bus: Bus, unique: str) -> None:
+    received = Received()
+    # Their own routing key (ingest.completed), which other tests' events may share: only ours are counted.
+    await bus.subscribe(Subscription(f"{unique}.q", ("ingest.completed",), received, prefetch=1))
+    events = [completed(f"A{unique}", version) for version in range(1, 31)]
+    async with database.transaction() as conn:
+        await enqueue_many(conn, events)
+
+    def ours() -> list[str]:
+        return [e.id for e in received.events if e.data.archive_id == f"A{unique}"]
+
+    relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.2).run())
+    try:
+        await eventually(lambda: len(ours()) == 30, what="the 30 events")
+    finally:
+        relay.cancel()
+    assert ours() == [e.id for e in events]
+    rows = await database.pool.fetch("SELECT event_id, subject, routing_key, correlation_id FROM outbox ORDER BY id")
+    assert [r["event_id"] for r in rows] == [e.id for e in events]
+    assert {(r["subject"], r["routing_key"]) for r in rows} == {(events[0].subject, events[0].routing_key())}

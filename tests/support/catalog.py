@@ -12,11 +12,12 @@ from typing import Any
 
 import asyncpg
 
+from services.catalog.app import file_archived_subscription
 from services.catalog.app import service as catalog_service
 from services.catalog.cataloguing import Cataloguer
-from services.catalog.handlers.events import on_file_archived
+from services.catalog.settings import CatalogSettings
 from skyport.bus import Bus, Subscription
-from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay, idempotent
+from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
 from skyport.events import CloudEvent, FileArchived
 
 PUBLIC_URL = "https://archive.test"
@@ -132,25 +133,32 @@ class CatalogInProcess:
     """The catalog's consumer and outbox relay in this process, on a test schema and test routing keys.
 
     File events are published on ``test.<unique>.file.archived`` so that no other test's queue sees them;
-    the catalog's events go out on their real routing keys and ``listen`` binds to the test's programs.
+    the catalog's events go out on their real routing keys and ``listen`` binds to the test's programs. The
+    consumer is wired as the service wires it (:func:`services.catalog.app.file_archived_subscription`), with
+    the batching of ``settings``.
     """
 
-    def __init__(self, db: Database, bus: Bus, unique: str, cataloguer: Cataloguer | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        unique: str,
+        cataloguer: Cataloguer | None = None,
+        settings: CatalogSettings | None = None,
+    ) -> None:
         self.db = db
         self.bus = bus
         self.unique = unique
         self.cataloguer = cataloguer or Cataloguer(PUBLIC_URL)
+        self.settings = settings or CatalogSettings(catalog_public_url=PUBLIC_URL)
         self.file_key = f"test.{unique}.file.archived"
         self.received = Received()
         self._relay: asyncio.Task[None] | None = None
 
     async def start(self, *, relay: bool = True) -> None:
         await self.bus.subscribe(
-            Subscription(
-                f"test.{self.unique}.catalog",
-                (self.file_key,),
-                idempotent(self.db, "catalog", on_file_archived(self.cataloguer)),
-                models={FileArchived.event_type: FileArchived},
+            file_archived_subscription(
+                self.db, self.cataloguer, self.settings, queue=f"test.{self.unique}.catalog", bindings=(self.file_key,)
             )
         )
         if relay:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any, cast
 
 import pytest
 
 from services.catalog.access import ANONYMOUS, Viewer, visible_condition
-from services.catalog.cataloguing import InvalidProduct, calib_level_of, describe, release_date_for
+from services.catalog.app import file_archived_subscription
+from services.catalog.cataloguing import Cataloguer, InvalidProduct, calib_level_of, describe, release_date_for
 from services.catalog.dataset_events import public_events
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import healpix_index
 from services.catalog.storage import AnnouncedFile, Params, Program
+from skyport.db import Database
 from tests.support.catalog import FAR_FUTURE, PUBLIC_URL, archived
 
 
@@ -139,3 +142,22 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKYPORT_CALIB_LEVELS", '{"KECK": 2}')
     with pytest.raises(ValueError, match="MISSION"):
         CatalogSettings()
+
+
+def test_the_consumer_takes_batches_of_the_configured_size_with_a_prefetch_for_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SKYPORT_CATALOG_BATCH_SIZE", "150")
+    monkeypatch.setenv("SKYPORT_CATALOG_BATCH_WAIT", "0.2")
+    monkeypatch.setenv("SKYPORT_CATALOG_CONCURRENCY", "3")
+    db = Database(cast(Any, None), "postgresql://unused", "catalog")  # only captured, never used here
+    subscription = file_archived_subscription(db, Cataloguer(PUBLIC_URL), CatalogSettings())
+    assert subscription.batching is not None
+    assert (subscription.batching.size, subscription.batching.wait) == (150, 0.2)
+    assert (subscription.prefetch, subscription.concurrent_batches) == (450, 3)
+
+    # A batch size of 1: one event per transaction, as before batching, with as many events at once.
+    monkeypatch.setenv("SKYPORT_CATALOG_BATCH_SIZE", "1")
+    monkeypatch.setenv("SKYPORT_CATALOG_CONCURRENCY", "16")
+    subscription = file_archived_subscription(db, Cataloguer(PUBLIC_URL), CatalogSettings())
+    assert (subscription.batching, subscription.prefetch) == (None, 16)

@@ -43,6 +43,27 @@ class BusMetrics:
             (*labels, "reason"),
             registry=self.registry,
         )
+        batch_labels = ("service", "queue")
+        self.batch_size = Histogram(
+            "skyport_batch_messages",
+            "Messages in a batch handed to a batch handler (subscriptions with batching).",
+            batch_labels,
+            registry=self.registry,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+        )
+        self.batch_duration = Histogram(
+            "skyport_batch_duration_seconds",
+            "Time spent in a batch handler, successful or not (not counting a failed batch's one-by-one retry).",
+            batch_labels,
+            registry=self.registry,
+            buckets=_DURATION_BUCKETS,
+        )
+        self.batches_failed = Counter(
+            "skyport_batches_failed_total",
+            "Batches whose handler raised, so that their messages were handled again one by one.",
+            batch_labels,
+            registry=self.registry,
+        )
         self.published = Counter(
             "skyport_messages_published_total",
             "Messages published and confirmed by the broker.",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from skyport.bus.base import (
+    BatchHandler,
+    Batching,
     Bus,
     DeadLetter,
     Handler,
@@ -33,6 +35,8 @@ def create_bus(
 
 
 __all__ = [
+    "BatchHandler",
+    "Batching",
     "Bus",
     "BusMetrics",
     "DeadLetter",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -18,6 +19,7 @@ from skyport.events import EVENT_MODELS, CloudEvent, EventData, InvalidEvent, de
 from skyport.metrics import BusMetrics
 
 Handler = Callable[[CloudEvent[Any]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[CloudEvent[Any]]], Awaitable[None]]
 
 ATTEMPT_HEADER = "x-skyport-attempt"
 REASON_HEADER = "x-skyport-reason"
@@ -55,8 +57,38 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """Hand a subscription's messages to ``handler`` in lists, for consumers whose cost is per transaction.
+
+    A batch is up to ``size`` messages: those already waiting, and those arriving within ``wait`` seconds of the
+    first. They are acknowledged together once ``handler`` returns. Invalid messages never reach it (they go to
+    the dead letters at once, as always). If ``handler`` raises, whatever the exception, the batch's events are
+    handled again one by one with the subscription's own handler: retries and dead letters stay per message, so
+    one bad event goes its way with its reason and the others are handled. ``handler`` must therefore leave no
+    trace when it raises (one transaction for the batch: :func:`skyport.db.idempotent_batch`).
+
+    The subscription's prefetch bounds the messages held at once: ``prefetch // size`` batches are handled
+    concurrently, so a prefetch of twice the size lets one batch fill while another is handled.
+    """
+
+    handler: BatchHandler
+    size: int = 100
+    wait: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError("a batch holds at least one message")
+        if not 0 <= self.wait < 60:
+            raise ValueError("the batch wait is between 0 and 60 seconds")
+
+
+@dataclass(frozen=True)
 class Subscription:
-    """A durable queue, the topics bound to it, and the handler that consumes it."""
+    """A durable queue, the topics bound to it, and the handler that consumes it.
+
+    With ``batching``, messages go to the batch handler in lists, and to ``handler`` one by one only when a
+    batch fails (see :class:`Batching`).
+    """
 
     queue: str
     bindings: tuple[str, ...]
@@ -65,12 +97,23 @@ class Subscription:
     prefetch: int = 32
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     service: str = "skyport"
+    transient: bool = False
+    """A queue of this process alone, deleted when it disconnects: for events every instance must see (the
+    gateway's wake-ups), not for work. Not a quorum queue; nothing in it survives a restart."""
+    batching: Batching | None = None
 
     def __post_init__(self) -> None:
         if not self.queue or not self.bindings:
             raise ValueError("a subscription needs a queue name and at least one binding")
         if self.prefetch < 1:
             raise ValueError("prefetch must be at least 1")
+        if self.batching is not None and self.batching.size > self.prefetch:
+            raise ValueError("a batch cannot hold more messages than the prefetch lets the consumer have")
+
+    @property
+    def concurrent_batches(self) -> int:
+        """How many batches are handled at once, with :attr:`batching` (see :class:`Batching`)."""
+        return self.prefetch // self.batching.size if self.batching is not None else 0
 
 
 @dataclass(frozen=True)
@@ -129,12 +172,24 @@ async def handle_delivery(subscription: Subscription, body: bytes, attempt: int,
     try:
         event = decode_event(body, subscription.models)
     except InvalidEvent as exc:
-        outcome = Outcome(Verdict.DEAD, str(exc))
-        _count(metrics, subscription, outcome)
-        log.warning("message dead-lettered", queue=subscription.queue, reason=outcome.reason)
-        return outcome
+        return _invalid(subscription, exc, metrics)
+    return await handle_event(subscription, event, attempt, metrics)
+
+
+def _invalid(subscription: Subscription, exc: InvalidEvent, metrics: BusMetrics | None) -> Outcome:
+    outcome = Outcome(Verdict.DEAD, str(exc))
+    _count(metrics, subscription, outcome)
+    log.warning("message dead-lettered", queue=subscription.queue, reason=outcome.reason)
+    return outcome
+
+
+async def handle_event(
+    subscription: Subscription, event: CloudEvent[Any], attempt: int, metrics: BusMetrics | None
+) -> Outcome:
+    """Run the subscription's handler on one parsed event and decide what becomes of its message."""
     # Both buses run each delivery in a task of its own, with its own copy of the context: binding without
     # unbinding cannot leak into another message's logs (and is cheaper than a context manager per message).
+    # A batch handled one by one binds each event in turn, in the batch's task.
     structlog.contextvars.bind_contextvars(event_id=event.id, correlation_id=event.correlationid, event_type=event.type)
     started = time.perf_counter()
     try:
@@ -160,6 +215,73 @@ async def handle_delivery(subscription: Subscription, body: bytes, attempt: int,
         log.error("message dead-lettered", queue=subscription.queue, reason=outcome.reason, attempt=attempt)
     _count(metrics, subscription, outcome)
     return outcome
+
+
+async def handle_batch(
+    subscription: Subscription, deliveries: Sequence[tuple[bytes, int]], metrics: BusMetrics | None
+) -> list[Outcome]:
+    """What becomes of each of a batch's messages (``(body, attempt)`` pairs), in their order.
+
+    Invalid messages are dead-lettered at once; the others go to the batch handler together, and if it
+    raises, one by one to the subscription's handler (see :class:`Batching`). Never raises but on cancellation.
+    """
+    batching = subscription.batching
+    assert batching is not None, "handle_batch needs a subscription with batching"
+    outcomes: dict[int, Outcome] = {}
+    parsed: list[tuple[int, CloudEvent[Any]]] = []
+    for index, (body, _) in enumerate(deliveries):
+        try:
+            parsed.append((index, decode_event(body, subscription.models)))
+        except InvalidEvent as exc:
+            outcomes[index] = _invalid(subscription, exc, metrics)
+    if parsed:
+        started = time.perf_counter()
+        try:
+            await batching.handler([event for _, event in parsed])
+        except Exception as exc:
+            _observe_batch(metrics, subscription, len(parsed), time.perf_counter() - started, failed=True)
+            log.warning(
+                "batch failed, handling its messages one by one",
+                queue=subscription.queue,
+                messages=len(parsed),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            for index, event in parsed:
+                outcomes[index] = await handle_event(subscription, event, deliveries[index][1], metrics)
+        else:
+            _observe_batch(metrics, subscription, len(parsed), time.perf_counter() - started, failed=False)
+            for index, event in parsed:
+                outcomes[index] = outcome = Outcome(Verdict.ACK, event_type=event.type)
+                _count(metrics, subscription, outcome)
+    return [outcomes[index] for index in range(len(deliveries))]
+
+
+def _observe_batch(
+    metrics: BusMetrics | None, subscription: Subscription, size: int, seconds: float, *, failed: bool
+) -> None:
+    if metrics is None:
+        return
+    labels = (subscription.service, subscription.queue)
+    metrics.batch_size.labels(*labels).observe(size)
+    metrics.batch_duration.labels(*labels).observe(seconds)
+    if failed:
+        metrics.batches_failed.labels(*labels).inc()
+
+
+T = TypeVar("T")
+
+
+async def take_batch(batch: list[T], get: Callable[[], Awaitable[T]], size: int, wait: float) -> None:
+    """Fill ``batch`` from ``get``: wait for a first item, then take up to ``size`` in all within ``wait`` seconds.
+
+    Items already waiting are taken without waiting. The caller owns ``batch`` throughout, so that it can give
+    back what was taken when this is cancelled midway.
+    """
+    batch.append(await get())
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            while len(batch) < size:
+                batch.append(await get())
 
 
 def _count(metrics: BusMetrics | None, subscription: Subscription, outcome: Outcome) -> None:

@@ -19,10 +19,13 @@ from urllib.parse import urlsplit
 from skyport.bus.base import (
     Bus,
     DeadLetter,
+    Outcome,
     OutgoingMessage,
     Subscription,
     Verdict,
+    handle_batch,
     handle_delivery,
+    take_batch,
     utcnow,
     wait_for_tasks,
 )
@@ -136,7 +139,8 @@ class _Consumer:
     subscription: Subscription
     queue: _Queue
     workers: list[asyncio.Task[None]] = field(default_factory=list)
-    in_flight: dict[asyncio.Task[Any], tuple[_Message, int]] = field(default_factory=dict)
+    in_flight: dict[asyncio.Task[Any], list[_Message]] = field(default_factory=dict)
+    """What each delivery task holds (one message, or a batch), to return it if the "connection" drops."""
 
 
 class MemoryBus(Bus):
@@ -170,17 +174,41 @@ class MemoryBus(Bus):
     async def subscribe(self, subscription: Subscription) -> None:
         queue = self.broker.declare(subscription.queue, subscription.bindings)
         consumer = _Consumer(subscription, queue)
-        consumer.workers = [
-            asyncio.create_task(self._work(consumer), name=f"consume {subscription.queue}")
-            for _ in range(subscription.prefetch)
-        ]
+        if subscription.batching is None:
+            consumer.workers = [
+                asyncio.create_task(self._work(consumer), name=f"consume {subscription.queue}")
+                for _ in range(subscription.prefetch)
+            ]
+        else:
+            consumer.workers = [
+                asyncio.create_task(self._work_in_batches(consumer), name=f"consume {subscription.queue} in batches")
+                for _ in range(subscription.concurrent_batches)
+            ]
         self._consumers.append(consumer)
 
     async def _work(self, consumer: _Consumer) -> None:
         while True:
             message = await consumer.queue.get()
             task = asyncio.create_task(self._deliver(consumer, message))
-            consumer.in_flight[task] = (message, self.broker.connection_epoch)
+            consumer.in_flight[task] = [message]
+            try:
+                await asyncio.shield(task)
+            finally:
+                consumer.in_flight.pop(task, None)
+
+    async def _work_in_batches(self, consumer: _Consumer) -> None:
+        batching = consumer.subscription.batching
+        assert batching is not None
+        while True:
+            batch: list[_Message] = []
+            try:
+                await take_batch(batch, consumer.queue.get, batching.size, batching.wait)
+            except asyncio.CancelledError:
+                for message in reversed(batch):  # taken but never handed to the handler: back, in their order
+                    consumer.queue.put(message, front=True)
+                raise
+            task = asyncio.create_task(self._deliver_batch(consumer, batch))
+            consumer.in_flight[task] = batch
             try:
                 await asyncio.shield(task)
             finally:
@@ -197,15 +225,35 @@ class MemoryBus(Bus):
             raise
         if epoch != self.broker.connection_epoch:
             return  # the "connection" this delivery came on is gone; the broker has requeued it already
+        self._settle(consumer, message, outcome)
+
+    async def _deliver_batch(self, consumer: _Consumer, batch: list[_Message]) -> None:
+        epoch = self.broker.connection_epoch
+        deliveries = [(message.outgoing.body, message.attempt) for message in batch]
+        try:
+            outcomes = await handle_batch(consumer.subscription, deliveries, self.metrics)
+        except asyncio.CancelledError:
+            if epoch == self.broker.connection_epoch:
+                for message in batch:
+                    self.broker.requeue(consumer.queue, message)
+            raise
+        if epoch != self.broker.connection_epoch:
+            return
+        for message, outcome in zip(batch, outcomes, strict=True):
+            self._settle(consumer, message, outcome)
+
+    def _settle(self, consumer: _Consumer, message: _Message, outcome: Outcome) -> None:
+        """Ack, schedule a retry, or dead-letter, as the broker does with what the AMQP bus tells it."""
         if outcome.verdict is Verdict.RETRY:
             self.broker.delay(consumer.queue, replace(message, attempt=message.attempt + 1), outcome.delay)
         elif outcome.verdict is Verdict.DEAD:
-            self.broker.dead_letter(message, subscription.queue, outcome.reason)
+            self.broker.dead_letter(message, consumer.subscription.queue, outcome.reason)
 
     def _connection_lost(self) -> None:
         for consumer in self._consumers:
-            for message, _ in consumer.in_flight.values():
-                self.broker.requeue(consumer.queue, message)
+            for held in consumer.in_flight.values():
+                for message in held:
+                    self.broker.requeue(consumer.queue, message)
 
     async def stop_consuming(self, timeout: float) -> None:
         consumers, self._consumers = self._consumers, []
