@@ -182,6 +182,11 @@ class ProductQueries:
         )
         return [_found(row) for row in rows]
 
+    async def newest_seq(self) -> int:
+        """The newest position in the catalog order (0 for an empty catalog); every later change comes after it."""
+        seq: int = await self.conn.fetchval("SELECT coalesce(max(seq), 0) FROM products")
+        return seq
+
     async def count(self, viewer: Viewer, product_filter: ProductFilter) -> int:
         """How many visible products match the filter (all pages)."""
         params = Params()

@@ -8,8 +8,9 @@ import pytest
 from multidict import MultiDict
 
 from services.catalog.bulk import TOKEN_VARIABLE, ScriptFile, local_name, render_script
-from services.catalog.handlers.params import BadParameter, decode_cursor, encode_cursor, parse_search
+from services.catalog.handlers.params import BadParameter, decode_cursor, parse_search
 from services.catalog.queries import escape_like, glob_to_like
+from skyport.cursor import encode_cursor
 
 
 def search(*pairs: tuple[str, str]) -> object:

@@ -43,7 +43,7 @@ from services.catalog.access import (
 )
 from services.catalog.bulk import ScriptFile, render_script
 from services.catalog.dataset_events import download_url
-from services.catalog.handlers.params import BadParameter, encode_cursor, parse_int, parse_search
+from services.catalog.handlers.params import BadParameter, parse_int, parse_search
 from services.catalog.membership import MembershipRefused, grant, revoke
 from services.catalog.queries import (
     TOKEN_ID_LENGTH,
@@ -55,6 +55,7 @@ from services.catalog.queries import (
 from services.catalog.releases import release_early
 from services.catalog.settings import CatalogSettings
 from services.catalog.storage import ProductVersion, ProgramStore, UserStore
+from skyport.cursor import encode_cursor
 from skyport.db import Database
 
 SEARCH_DEFAULT_LIMIT = 100
@@ -161,6 +162,7 @@ class CatalogApi:
         router.add_get("/v1/products/{archive_id}", self.product)
         router.add_get("/v1/files/{archive_id}", self.download)
         router.add_get("/v1/me", self.me)
+        router.add_get("/v1/position", self.position)
         router.add_get("/v1/programs/{mission}/{propid}/members", self.members)
         router.add_put("/v1/programs/{mission}/{propid}/members/{username}", self.grant_member)
         router.add_delete("/v1/programs/{mission}/{propid}/members/{username}", self.revoke_member)
@@ -330,6 +332,16 @@ class CatalogApi:
             },
         )
 
+    async def position(self, request: web.Request) -> web.Response:
+        """The newest catalog position (administrators): where a reader of every change starts (the gateway)."""
+        _only(request, ())
+        viewer = _user(request)
+        if not viewer.is_admin:
+            raise ApiError(403, "the catalog position is for administrators (a gateway's service account)")
+        async with self._snapshot() as conn:
+            seq = await ProductQueries(conn).newest_seq()
+        return web.json_response({"cursor": encode_cursor(seq)})
+
     # --- people and programs ----------------------------------------------------------------------------
 
     async def me(self, request: web.Request) -> web.Response:
@@ -498,7 +510,7 @@ class CatalogApi:
 
     def _product_json(self, found: FoundProduct) -> dict[str, Any]:
         body = asdict(found)
-        del body["seq"]
+        body["cursor"] = encode_cursor(body.pop("seq"))
         body["public"] = found.public_since is not None
         body["access_url"] = download_url(self.public_url, quote(found.archive_id, safe=""), found.version)
         return body

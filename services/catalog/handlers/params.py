@@ -16,8 +16,6 @@ Search parameters (``GET /v1/products`` and its download script); the API's Open
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from dataclasses import dataclass
@@ -25,9 +23,11 @@ from datetime import UTC, datetime
 
 from multidict import MultiMapping
 
+import skyport.cursor
 from services.catalog.cataloguing import to_mjd
 from services.catalog.queries import ProductFilter
 from services.catalog.sky import Cone, cone
+from skyport.cursor import BadCursor
 
 MAX_RADIUS_DEG = 10.0
 MAX_TEXT = 256
@@ -35,7 +35,6 @@ _INTENTS = ("science", "calibration")
 _REPEATABLE = ("mission", "propid", "instrument", "level", "intent")
 _SINGLE = ("t_min", "t_max", "archived_since", "filename", "target", "ra", "dec", "radius", "limit", "cursor", "count")
 SEARCH_PARAMETERS = frozenset(_REPEATABLE + _SINGLE)
-_CURSOR = re.compile(r"^seq:(\d{1,18})$")
 
 
 class BadParameter(ValueError):
@@ -54,20 +53,11 @@ class Search:
     count: bool
 
 
-def encode_cursor(seq: int) -> str:
-    """The opaque cursor that continues after catalog position ``seq``."""
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
 def decode_cursor(cursor: str) -> int:
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    match = _CURSOR.match(text)
-    if match is None:
-        raise BadParameter("cursor", f"cursor {cursor[:100]!r} is not one this API gave out (next_cursor)")
-    return int(match.group(1))
+        return skyport.cursor.decode_cursor(cursor)
+    except BadCursor:
+        raise BadParameter("cursor", f"cursor {cursor[:100]!r} is not one this API gave out (next_cursor)") from None
 
 
 def parse_search(query: MultiMapping[str], *, default_limit: int, max_limit: int, countable: bool = True) -> Search:
