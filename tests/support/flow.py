@@ -72,6 +72,7 @@ class Flow:
         self.journal = root / "monitor" / "journal.sqlite3"
         self.receiver_port = free_port()
         self.catalog_port = free_port()
+        self.gateway_port = free_port()
         self.token = ""
         self.settings: dict[str, str] = {}
         self.processes: list[ServiceProcess] = []
@@ -96,6 +97,11 @@ class Flow:
             SKYPORT_CATALOG_HOST="127.0.0.1",
             SKYPORT_CATALOG_PORT=str(self.catalog_port),
             SKYPORT_CATALOG_PUBLIC_URL=f"http://127.0.0.1:{self.catalog_port}",
+            SKYPORT_GATEWAY_HOST="127.0.0.1",
+            SKYPORT_GATEWAY_PORT=str(self.gateway_port),
+            SKYPORT_GATEWAY_CATALOG_URL=f"http://127.0.0.1:{self.catalog_port}",
+            SKYPORT_GATEWAY_HEARTBEAT="1",
+            SKYPORT_GATEWAY_RECHECK_INTERVAL="1",
             SKYPORT_SITE_TOKEN=self.token,
             SKYPORT_RESCAN_INTERVAL="2",
             SKYPORT_FOLLOW_INTERVAL="0.2",
@@ -132,7 +138,23 @@ class Flow:
         await self.skyport("migrate", "receiver", "ingestor", "catalog")
         self.token = (await self.skyport("receiver", "add-site", self.site)).strip()
 
+    @property
+    def catalog_url(self) -> str:
+        return f"http://127.0.0.1:{self.catalog_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    async def user_token(self, username: str, *, admin: bool = False) -> str:
+        """A catalog user (created if new) and a fresh token of theirs."""
+        await self.skyport("catalog", "add-user", username, *(("--admin",) if admin else ()))
+        return (await self.skyport("catalog", "issue-token", username)).strip()
+
     async def start(self, *names: str, **settings: object) -> ServiceProcess:
+        if "gateway" in names and "SKYPORT_GATEWAY_CATALOG_TOKEN" not in self.settings:
+            # The gateway follows the catalog order with an administrator's token of its own.
+            self.settings["SKYPORT_GATEWAY_CATALOG_TOKEN"] = await self.user_token("gateway", admin=True)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

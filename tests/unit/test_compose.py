@@ -313,13 +313,13 @@ def test_a_service_container_made_from_the_template_passes(repo_settings: set[st
     # What a service's container will look like when it lands: the template plus `skyport run <name>`.
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     template = compose["x-skyport-service"]
-    compose["services"]["catalog"] = {**template, "command": ["run", "catalog"]}
-    pretend_existing = existing_services(REPO) | {"catalog"}
+    compose["services"]["notifier"] = {**template, "command": ["run", "notifier"]}
+    pretend_existing = existing_services(REPO) | {"notifier"}
 
     assert compose_problems(compose, repo=REPO, services=pretend_existing, settings=repo_settings) == []
-    del compose["services"]["catalog"]
+    del compose["services"]["notifier"]
     assert compose_problems(compose, repo=REPO, services=pretend_existing, settings=repo_settings) == [
-        "service 'catalog' exists (services/catalog/app.py) but no container runs it"
+        "service 'notifier' exists (services/notifier/app.py) but no container runs it"
     ]
 
 

@@ -1,0 +1,120 @@
+"""The catalog as the gateway sees it: its HTTP API, asked with the user's token or the gateway's own.
+
+The gateway decides nothing about access itself. Who a token belongs to and which programs they may see
+come from the catalog's ``GET /v1/me`` (its access rule's ``programs_visible_to``); backlogs come from the
+catalog's search with the user's own token, so the catalog filters them. Only the feed of every change
+(:meth:`CatalogClient.changes`) uses the gateway's administrator token, and the gateway passes on from it
+only what ``/v1/me`` says the user may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+Program = tuple[str, str]
+"""(mission, propid)"""
+
+
+class CatalogUnavailable(Exception):
+    """The catalog could not be reached or failed; the gateway tries again later."""
+
+
+class CatalogRefused(Exception):
+    """The catalog answered with an error that is the caller's (400, 403, 404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Membership:
+    mission: str
+    propid: str
+    role: str | None
+    title: str | None
+
+    @property
+    def program(self) -> Program:
+        return (self.mission, self.propid)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mission": self.mission, "propid": self.propid, "role": self.role, "title": self.title}
+
+
+@dataclass(frozen=True)
+class User:
+    """A token's owner and the programs whose proprietary data they may see, as the catalog says."""
+
+    username: str
+    is_admin: bool
+    memberships: tuple[Membership, ...]
+
+    @property
+    def programs(self) -> frozenset[Program]:
+        return frozenset(m.program for m in self.memberships)
+
+
+@dataclass(frozen=True)
+class Page:
+    products: list[dict[str, Any]]
+    next_cursor: str
+    more: bool
+
+
+class CatalogClient:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, service_token: str) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self._service_token = service_token
+
+    async def user(self, token: str) -> User | None:
+        """Who ``token`` belongs to, or None when the catalog does not know it (unknown or revoked)."""
+        try:
+            body = await self._get("/v1/me", token)
+        except CatalogRefused as exc:
+            if exc.status == 401:
+                return None
+            raise
+        memberships = tuple(
+            Membership(p["mission"], p["propid"], p.get("role"), p.get("title")) for p in body["programs"]
+        )
+        return User(body["username"], bool(body["is_admin"]), memberships)
+
+    async def search(self, token: str, params: Sequence[tuple[str, str]]) -> Page:
+        """One page of ``GET /v1/products`` as the user sees it (the catalog applies its access rule)."""
+        return _page(await self._get("/v1/products", token, params))
+
+    async def position(self) -> str:
+        """The newest cursor in the catalog order (the gateway's administrator token)."""
+        body = await self._get("/v1/position", self._service_token)
+        return str(body["cursor"])
+
+    async def changes(self, cursor: str, limit: int) -> Page:
+        """Every change after ``cursor``, in catalog order (the gateway's administrator token)."""
+        return _page(await self._get("/v1/products", self._service_token, (("cursor", cursor), ("limit", str(limit)))))
+
+    async def _get(self, path: str, token: str, params: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        try:
+            async with self.session.get(
+                self.base_url + path, params=list(params), headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                if response.status >= 500:
+                    raise CatalogUnavailable(f"the catalog answered {response.status} to {path}")
+                body = await response.json(content_type=None)
+                if response.status >= 400:
+                    message = body.get("error") if isinstance(body, dict) else None
+                    raise CatalogRefused(response.status, str(message or f"HTTP {response.status}"))
+                if not isinstance(body, dict):
+                    raise CatalogUnavailable(f"the catalog answered {path} with something that is not an object")
+                return body
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise CatalogUnavailable(f"the catalog at {self.base_url} could not answer {path}: {exc!r}") from exc
+
+
+def _page(body: dict[str, Any]) -> Page:
+    return Page(list(body["products"]), str(body["next_cursor"]), bool(body["more"]))

@@ -1,0 +1,1 @@
+"""The gateway's doors: HTTP and WebSocket (http.py), and the events it listens to (events.py)."""

@@ -1,0 +1,287 @@
+"""The gateway's HTTP doors: the observer page, tickets, the WebSocket stream, and the catalog's user API.
+
+The protocol is described in ``services/gateway/PROTOCOL.md``. Authentication: ``Authorization: Bearer``
+with a catalog token, or a ticket (``?ticket=``) for the stream and for downloads. The catalog says who a
+token belongs to; the gateway keeps no user data of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
+
+from services.gateway.catalog import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
+from services.gateway.streams import (
+    PROTOCOL_VERSION,
+    CatalogFeed,
+    GatewayMetrics,
+    Hub,
+    Stream,
+    dumps,
+    send_backlog,
+)
+from services.gateway.tickets import Tickets
+from skyport.cursor import BadCursor, decode_cursor
+
+log = structlog.get_logger("skyport.gateway")
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+_MAX_TOKEN = 512
+_PROGRAM = re.compile(r"^([A-Za-z0-9_.-]{1,64})/([A-Za-z0-9_.-]{1,64})$")
+# The catalog's user API, forwarded as it is: (method, path pattern).
+_FORWARDED = (
+    ("GET", re.compile(r"^/v1/me$")),
+    ("GET", re.compile(r"^/v1/products(/[^/]+)?$")),
+    ("GET", re.compile(r"^/v1/files/[^/]+$")),
+    ("GET", re.compile(r"^/v1/programs/[^/]+/[^/]+/members$")),
+    ("PUT", re.compile(r"^/v1/programs/[^/]+/[^/]+/members/[^/]+$")),
+    ("DELETE", re.compile(r"^/v1/programs/[^/]+/[^/]+/members/[^/]+$")),
+    ("POST", re.compile(r"^/v1/programs/[^/]+/[^/]+/release$")),
+)
+_REQUEST_HEADERS = ("Range", "If-Range", "Content-Type", "Accept")
+_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Content-Disposition",
+    "Accept-Ranges",
+    "Repr-Digest",
+    "ETag",
+    "Last-Modified",
+    "WWW-Authenticate",
+)
+_PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; "
+    "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class ApiError(web.HTTPException):
+    def __init__(self, status: int, message: str) -> None:
+        self.status_code = status
+        super().__init__(text=dumps({"error": message}), content_type="application/json")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers["Content-Security-Policy"] = _PAGE_POLICY
+        response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+class GatewayApi:
+    def __init__(
+        self,
+        client: CatalogClient,
+        hub: Hub,
+        feed: CatalogFeed,
+        tickets: Tickets,
+        metrics: GatewayMetrics,
+        *,
+        queue_limit: int,
+        heartbeat: float,
+    ) -> None:
+        self.client = client
+        self.hub = hub
+        self.feed = feed
+        self.tickets = tickets
+        self.metrics = metrics
+        self.queue_limit = queue_limit
+        self.heartbeat = heartbeat
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[security_headers], client_max_size=1 << 16)
+        app.router.add_get("/", self.page)
+        app.router.add_static("/static/", STATIC)
+        app.router.add_post("/v1/tickets", self.issue_ticket)
+        app.router.add_get("/v1/stream", self.stream)
+        app.router.add_route("*", "/v1/{tail:.*}", self.forward)
+        app.on_shutdown.append(self._close_streams)
+        return app
+
+    async def page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    # --- authentication ------------------------------------------------------------------------------------
+
+    def _bearer(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
+            raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
+        return token
+
+    async def _user_of(self, token: str) -> User:
+        try:
+            user = await self.client.user(token)
+        except CatalogUnavailable as exc:
+            log.warning("cannot check a token: the catalog is unavailable", error=str(exc))
+            raise ApiError(503, "the catalog is unavailable; try again in a moment") from None
+        if user is None:
+            raise ApiError(401, "the token is unknown or revoked")
+        return user
+
+    async def _authenticate(self, request: web.Request, *, ticket_allowed: bool) -> tuple[str, User]:
+        token = self._bearer(request)
+        if token is not None:
+            return token, await self._user_of(token)
+        ticket = request.query.get("ticket") if ticket_allowed else None
+        if ticket is None:
+            how = "'Authorization: Bearer <token>'" + (" or ?ticket=" if ticket_allowed else "")
+            raise ApiError(401, f"sign in: send {how}")
+        found = self.tickets.redeem(ticket)
+        if found is None:
+            raise ApiError(401, "the ticket is unknown, used or expired: get a new one (POST /v1/tickets)")
+        return found.token, found.user
+
+    async def issue_ticket(self, request: web.Request) -> web.Response:
+        token = self._bearer(request)
+        if token is None:
+            raise ApiError(401, "a ticket is issued for a token: send 'Authorization: Bearer <token>'")
+        user = await self._user_of(token)
+        try:
+            ticket = self.tickets.issue(token, user)
+        except OverflowError as exc:
+            raise ApiError(503, str(exc)) from None
+        return web.json_response({"ticket": ticket, "expires_in": self.tickets.ttl}, status=201)
+
+    # --- the stream -------------------------------------------------------------------------------------------
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        # No per-message compression: messages are small, and compressing each for a thousand clients would
+        # cost more CPU than the bytes it saves.
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=1 << 12, compress=False)
+        if not ws.can_prepare(request).ok:
+            raise ApiError(400, "this address is a WebSocket: connect with a WebSocket client")
+        night, after, selection = _stream_parameters(request)
+        if self.feed.position is None:
+            raise ApiError(503, "the gateway is still connecting to the catalog; try again in a moment")
+        token, user = await self._authenticate(request, ticket_allowed=True)
+        await ws.prepare(request)
+        transport = request.transport
+        stream = Stream(
+            ws,
+            user,
+            token,
+            selection=selection,
+            night=night,
+            queue_limit=self.queue_limit,
+            metrics=self.metrics,
+            abort=transport.abort if transport is not None else lambda: None,
+        )
+        start = self.feed.position
+        self.hub.attach(stream)
+        writer = asyncio.get_running_loop().create_task(stream.write())
+        log.info("client connected", username=user.username, night=night.isoformat(), resume=after is not None)
+        try:
+            await stream.put(
+                {
+                    "type": "hello",
+                    "protocol": PROTOCOL_VERSION,
+                    "user": user.username,
+                    "night": night.isoformat(),
+                    "programs": stream.memberships(),
+                    "heartbeat": self.heartbeat,
+                    "cursor": after,
+                }
+            )
+            if after is not None:
+                stream.position = decode_cursor(after)
+            backlog = asyncio.get_running_loop().create_task(self._backlog(stream, start, after))
+            async for message in ws:  # the client sends nothing we need; this ends when it goes away
+                if message.type == WSMsgType.ERROR:
+                    break
+            backlog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backlog
+        finally:
+            self.hub.detach(stream)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await writer
+            log.info("client disconnected", username=user.username, close_code=ws.close_code)
+        return ws
+
+    async def _backlog(self, stream: Stream, start: int, after: str | None) -> None:
+        try:
+            await send_backlog(self.client, stream, up_to=start, after=after)
+        except (CatalogUnavailable, CatalogRefused) as exc:
+            log.warning("could not read a backlog", username=stream.user.username, error=str(exc))
+            stream.close(1011, "the catalog is unavailable; reconnect with your cursor")
+            return
+        stream.go_live(start)
+
+    async def _close_streams(self, app: web.Application) -> None:
+        for stream in list(self.hub.streams):
+            stream.close(1001, "the gateway is shutting down; reconnect with your cursor")
+
+    # --- the catalog's user API, forwarded ------------------------------------------------------------------
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if not any(method == request.method and pattern.match(path) for method, pattern in _FORWARDED):
+            raise ApiError(404 if request.method == "GET" else 405, f"no {request.method} {path} here")
+        token = self._bearer(request)
+        query = [(k, v) for k, v in request.query.items() if k != "ticket"]
+        if token is None and "ticket" in request.query and path.startswith("/v1/files/"):
+            token, _ = await self._authenticate(request, ticket_allowed=True)
+        headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        body = await request.read() if request.can_read_body else None
+        try:
+            url = self.client.base_url + request.rel_url.raw_path
+            async with self.client.session.request(
+                request.method, url, params=query, headers=headers, data=body
+            ) as upstream:
+                response = web.StreamResponse(
+                    status=upstream.status,
+                    headers={name: upstream.headers[name] for name in _RESPONSE_HEADERS if name in upstream.headers},
+                )
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(1 << 18):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except aiohttp.ClientError as exc:
+            log.warning("the catalog did not answer a forwarded request", path=path, error=repr(exc))
+            raise ApiError(502, "the catalog is unavailable; try again in a moment") from None
+
+
+def _stream_parameters(request: web.Request) -> tuple[date, str | None, frozenset[Program] | None]:
+    query = request.query
+    unknown = set(query) - {"night", "cursor", "program", "ticket"}
+    if unknown:
+        raise ApiError(400, f"unknown parameter {sorted(unknown)[0]!r}: use night, cursor, program, ticket")
+    night_text = query.get("night") or ""
+    try:
+        night = date.fromisoformat(night_text) if night_text else datetime.now(UTC).date()
+    except ValueError:
+        raise ApiError(400, f"night must be a UT date YYYY-MM-DD, not {night_text[:40]!r}") from None
+    after = query.get("cursor")
+    if after is not None:
+        try:
+            decode_cursor(after)
+        except BadCursor as exc:
+            raise ApiError(400, str(exc)) from None
+    selection: set[Program] = set()
+    for text in query.getall("program", []):
+        match = _PROGRAM.match(text)
+        if match is None:
+            raise ApiError(400, f"program must be MISSION/PROPID, not {text[:80]!r}")
+        selection.add((match.group(1).upper(), match.group(2)))
+    return night, after, frozenset(selection) if selection else None

@@ -1,0 +1,51 @@
+"""The gateway's settings: where it serves, where the catalog is, and how patient it is with clients."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from skyport.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    gateway_host: str = Field(default="0.0.0.0", description="Address of the gateway (page, API, WebSocket).")
+    gateway_port: int = Field(default=8083, ge=0, le=65535, description="Port of the gateway (0: any).")
+    gateway_catalog_url: str = Field(
+        default="http://localhost:8082", description="The catalog API as the gateway reaches it."
+    )
+    gateway_catalog_token: SecretStr | None = Field(
+        default=None,
+        description="An administrator's catalog token (`skyport catalog issue-token`), with which the gateway "
+        "follows every change in the catalog order. Required.",
+    )
+    gateway_ticket_ttl: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds a ticket (single-use browser credential) stays valid."
+    )
+    gateway_queue_limit: int = Field(
+        default=1000,
+        ge=10,
+        description="Messages that may wait for one WebSocket client; a client further behind is disconnected "
+        "(close code 4008) and resumes with its cursor.",
+    )
+    gateway_heartbeat: float = Field(
+        default=15.0, gt=0, description="Seconds between heartbeat messages (and WebSocket pings)."
+    )
+    gateway_recheck_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between re-checks of connected clients' tokens with the catalog: a revoked token's "
+        "streams end (close code 4001) within this time.",
+    )
+    gateway_poll_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between looks at the catalog when no dataset event came (a safety net: events wake "
+        "the gateway at once).",
+    )
+
+    @field_validator("gateway_catalog_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"gateway_catalog_url must be an http(s) URL, not {value!r}")
+        return value.rstrip("/")

@@ -1,0 +1,156 @@
+"""The gateway's own logic without servers: tickets, the backlog/live seam, slow clients, parameters."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry
+
+from services.gateway.catalog import Membership, User
+from services.gateway.handlers.http import ApiError, _stream_parameters
+from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view
+from services.gateway.tickets import Tickets
+from skyport.cursor import encode_cursor
+from tests.support.waiting import eventually
+
+PROGRAM = ("KECK", "2026B_U1")
+OTHER = ("KECK", "2026B_U2")
+ALICE = User("alice", False, (Membership("KECK", "2026B_U1", "pi", None),))
+
+
+class RecordingSocket:
+    """Stands in for the WebSocket: remembers how it was closed."""
+
+    def __init__(self) -> None:
+        self.closed_with: tuple[int, bytes] | None = None
+
+    async def close(self, *, code: int, message: bytes) -> bool:
+        self.closed_with = (code, message)
+        return True
+
+
+def product(seq: int, program: tuple[str, str] = PROGRAM, **fields: Any) -> dict[str, Any]:
+    return {
+        "cursor": encode_cursor(seq),
+        "archive_id": f"HI.20261121.{seq:05d}.00",
+        "version": 1,
+        "mission": program[0],
+        "propid": program[1],
+        "public": False,
+        **fields,
+    }
+
+
+def stream(limit: int = 10) -> tuple[Stream, RecordingSocket]:
+    ws = RecordingSocket()
+    made = Stream(
+        ws,  # type: ignore[arg-type]
+        ALICE,
+        "token",
+        selection=None,
+        night=date(2026, 11, 21),
+        queue_limit=limit,
+        metrics=GatewayMetrics(CollectorRegistry()),
+        abort=lambda: None,
+    )
+    return made, ws
+
+
+def queued(s: Stream) -> list[dict[str, Any]]:
+    messages = []
+    while not s.queue.empty():
+        messages.append(json.loads(s.queue.get_nowait()))
+    return messages
+
+
+def test_a_ticket_is_good_once_and_only_until_it_expires() -> None:
+    now = [100.0]
+    tickets = Tickets(30, clock=lambda: now[0])
+    ticket = tickets.issue("secret", ALICE)
+    assert ticket.startswith("tk_")
+    assert "secret" not in ticket
+    found = tickets.redeem(ticket)
+    assert found is not None
+    assert found.token == "secret"
+    assert found.user == ALICE
+    assert tickets.redeem(ticket) is None  # used
+    late = tickets.issue("secret", ALICE)
+    now[0] += 31
+    assert tickets.redeem(late) is None  # expired
+    assert tickets.redeem("tk_forged") is None
+
+
+async def test_changes_held_during_the_backlog_follow_it_without_gap_or_duplicate() -> None:
+    s, _ = stream()
+    # Live changes 5..7 arrive while the backlog (up to position 5) is being read.
+    for seq in (5, 6, 7):
+        s.offer(Change.of(product(seq)))
+    assert queued(s) == []
+    s.go_live(5)
+    messages = queued(s)
+    assert [m["type"] for m in messages] == ["live", "file", "file"]
+    assert messages[0]["cursor"] == encode_cursor(5)
+    assert [m["cursor"] for m in messages[1:]] == [encode_cursor(6), encode_cursor(7)]
+    s.offer(Change.of(product(7)))  # seen already: dropped
+    s.offer(Change.of(product(8, OTHER)))  # not a program of alice's: only the position moves
+    assert queued(s) == []
+    assert s.position == 8
+
+
+async def test_a_heartbeat_carries_the_position_even_when_nothing_visible_changed() -> None:
+    s, _ = stream()
+    s.go_live(3)
+    queued(s)
+    s.offer(Change.of(product(9, OTHER)))
+    s.heartbeat()
+    [beat] = queued(s)
+    assert beat["type"] == "heartbeat"
+    assert beat["cursor"] == encode_cursor(9)
+
+
+async def test_a_client_that_cannot_keep_up_is_disconnected_with_4008() -> None:
+    s, ws = stream(limit=10)
+    s.go_live(0)
+    for seq in range(1, 12):
+        s.offer(Change.of(product(seq)))
+    assert s.closing
+    await eventually(lambda: ws.closed_with is not None, timeout=5, what="the close")  # the close runs as a task
+    assert ws.closed_with is not None
+    assert ws.closed_with[0] == CLOSE_TOO_SLOW
+    assert b"too slow" in ws.closed_with[1]
+
+
+def test_file_view_states_and_download_path() -> None:
+    assert file_view(product(1))["state"] == "new"
+    assert file_view(product(1, version=2))["state"] == "reprocessed"
+    assert file_view(product(1, version=2, public=True))["state"] == "public"
+    assert file_view(product(1, archive_id="a/b"))["download_url"] == "/v1/files/a%2Fb?version=1"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("night=2026-13-01", "night must be a UT date"),
+        ("cursor=bogus", "is not one Skyport gave out"),
+        ("program=KECK", "program must be MISSION/PROPID"),
+        ("colour=blue", "unknown parameter 'colour'"),
+    ],
+)
+def test_bad_stream_parameters_are_refused_with_a_message(query: str, message: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        _stream_parameters(make_mocked_request("GET", f"/v1/stream?{query}"))
+    assert refused.value.status == 400
+    assert message in json.loads(refused.value.text or "")["error"]
+
+
+def test_stream_parameters() -> None:
+    night, after, selection = _stream_parameters(
+        make_mocked_request("GET", f"/v1/stream?night=2026-11-21&program=keck/2026B_U1&cursor={encode_cursor(4)}")
+    )
+    assert night == date(2026, 11, 21)
+    assert after == encode_cursor(4)
+    assert selection == frozenset({("KECK", "2026B_U1")})
