@@ -1,4 +1,5 @@
-# Skyport: `make run` runs the services against local RabbitMQ and PostgreSQL, `make test` runs the checks.
+# Skyport: `make demo` runs everything in one process with a simulated night (nothing to install but Python),
+# `make run` runs the services against local RabbitMQ and PostgreSQL, `make test` runs the checks.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -8,8 +9,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Services to run with `make run` (default: every service in this repository).
 SERVICES ?=
+# Options of `make demo`, e.g. DEMO_ARGS="--fresh --rate 1 --size 10MB" (python -m services.demo --help).
+DEMO_ARGS ?=
 
-.PHONY: install services run simulate migrate test unit lint format schemas bench clean
+.PHONY: install services browser demo run simulate migrate test unit lint format schemas bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -24,16 +27,22 @@ install: $(VENV)/.installed  ## create .venv with Skyport and its tools, from th
 services:  ## make sure RabbitMQ and PostgreSQL run on localhost
 	deploy/dev/ensure-services
 
+browser:  ## Debian's chromium for the browser tests (installed with apt-get when missing)
+	deploy/dev/ensure-chromium
+
+demo: install  ## the whole flow in one process (in-process bus, embedded PostgreSQL), a simulated night, the observer page
+	$(BIN)/python -m services.demo $(DEMO_ARGS)
+
 migrate: install services  ## apply pending database migrations
 	$(BIN)/skyport migrate $(SERVICES)
 
-run: install services  ## the ingest path (monitor, receiver, ingestor) in one process on local RabbitMQ and PostgreSQL
+run: install services  ## every service in one process on local RabbitMQ and PostgreSQL
 	SERVICES="$(SERVICES)" deploy/dev/run-local
 
 simulate: install  ## write a simulated night into var/observatory (for `make run`), one 2 MB file every 2 s
 	$(BIN)/skyport simulate --root var/observatory --rate 0.5 --size 2MB
 
-test: install services lint  ## lint, then every test tier (unit, integration, e2e) on the real servers
+test: install services browser lint  ## lint, then every test tier (unit, integration, e2e, browser) on the real servers
 	$(BIN)/pytest
 
 unit: install  ## the fast tier only: no servers needed
@@ -55,6 +64,7 @@ bench: install services  ## benchmarks that print figures (not tests)
 	$(BIN)/python bench/bus.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/catalog.py
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
