@@ -1,0 +1,76 @@
+"""`make demo`'s program: every service in one process on the in-process bus and an embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.flow import REPO, free_port
+
+
+async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPORT_")}  # the demo's own defaults
+    env.update(
+        SKYPORT_RECEIVER_PORT=str(free_port()),
+        SKYPORT_CATALOG_PORT=str(free_port()),
+    )
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.demo",
+        "--home",
+        str(tmp_path / "demo"),
+        "--count",
+        "3",
+        "--rate",
+        "2",
+        "--size",
+        "200KB",
+        "--port",
+        str(port),
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    output: list[str] = []
+
+    async def read_until(pattern: str) -> re.Match[str]:
+        while True:
+            raw = await proc.stdout.readline()  # type: ignore[union-attr]
+            if not raw:
+                raise AssertionError(f"the demo ended before {pattern!r}:\n{''.join(output)}")
+            output.append(raw.decode(errors="replace"))
+            if match := re.search(pattern, output[-1]):
+                return match
+
+    try:
+        token = (await asyncio.wait_for(read_until(r"Sign in as the PI \(alice\):\s+(\S+)"), 120)).group(1)
+        await asyncio.wait_for(read_until(r"3 files written, 3 in the catalog"), 120)
+        # The page is served, and alice's stream holds the night's files.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/") as response:
+                assert response.status == 200
+                assert "text/html" in response.headers["Content-Type"]
+            async with http.ws_connect(
+                f"http://127.0.0.1:{port}/v1/stream", headers={"Authorization": f"Bearer {token}"}
+            ) as ws:
+                kinds = []
+                while "live" not in kinds:
+                    kinds.append((await asyncio.wait_for(ws.receive_json(), 30))["type"])
+        assert kinds.count("file") >= 3
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(read_until(r"Skyport demo stopped"), 60)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
