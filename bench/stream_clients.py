@@ -1,0 +1,175 @@
+"""WebSocket clients of the gateway in a process of their own, for ``bench/e2e.py``: each notes when every message came.
+
+``bench/e2e.py`` starts one or more of these processes (``python bench/stream_clients.py``) so that the clients'
+own work (reading frames, parsing them) runs outside the benchmark's process, which keeps the clock of the
+catalog's commits and must not be starved. It is not meant to be run by hand.
+
+Talking to it, one JSON document per line:
+
+- stdin, first line: ``{"gateway": URL, "tokens": [...], "params": [[name, value], ...], "concurrency": n,
+  "compress": bool}`` (tokens on stdin, never on the command line where ``ps`` shows them; ``compress`` asks for
+  permessage-deflate, as browsers do). One client per token is connected to
+  ``GET /v1/stream`` with ``Authorization: Bearer``, at most ``concurrency`` handshakes at once; when all are
+  live (or have failed), the process writes ``{"ready": connected, "live": n, "failed": [...], "seconds": s}``.
+- stdin ``count``: answered with ``{"files": n, "closed": n}``, the live ``file`` messages received so far by all
+  clients together and how many connections have ended.
+- stdin ``stop PATH``: every client closes; the results go to PATH as JSON (per client: its live ``file``
+  messages as ``[cursor, arrival]``, whether the server ended it first and with which close code, and its other
+  messages by type; for the process:
+  ``archive_ids``, cursor -> archive ID), then ``{"done": true}``.
+
+The arrival time is ``time.time()`` when the client's reader has the frame, the same clock as the benchmark's.
+A live ``file`` message is recognised by its first bytes and its cursor and archive ID sliced out, which costs a
+fraction of ``json.loads`` (a burst brings hundreds of thousands of them to two cores); any other message, or a
+``file`` message laid out otherwise, is parsed in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+_LIVE_FILE = '{"type":"file","backlog":false,"cursor":"'
+_ARCHIVE_ID = '"archive_id":"'
+
+
+class Client:
+    """One connection: its live ``file`` messages (cursor, arrival) and a count of the rest by type."""
+
+    def __init__(self, archive_ids: dict[str, str]) -> None:
+        self.files: list[tuple[str, float]] = []
+        self.others: Counter[str] = Counter()
+        self.archive_ids = archive_ids  # shared by the process's clients: cursor -> archive ID
+        self.close_code: int | None = None
+        self.error: str | None = None
+        self.live = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def run(
+        self, session: aiohttp.ClientSession, url: str, token: str, params: list[tuple[str, str]], compress: int
+    ) -> None:
+        try:
+            self.ws = await session.ws_connect(
+                url, params=params, headers={"Authorization": f"Bearer {token}"}, heartbeat=None, compress=compress
+            )
+        except Exception as exc:  # a refused handshake is a result to report, not a crash
+            self.error = repr(exc)[:200]
+            self.live.set()
+            self.ended.set()
+            return
+        try:
+            async for message in self.ws:
+                arrival = time.time()
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                self._note(message.data, arrival)
+        finally:
+            self.close_code = self.ws.close_code
+            self.live.set()
+            self.ended.set()
+
+    def _note(self, text: str, arrival: float) -> None:
+        if text.startswith(_LIVE_FILE):
+            start = len(_LIVE_FILE)
+            end = text.find('"', start)
+            at = text.find(_ARCHIVE_ID, end)
+            if end > 0 and at > 0:
+                cursor = text[start:end]
+                self.files.append((cursor, arrival))
+                if cursor not in self.archive_ids:
+                    at += len(_ARCHIVE_ID)
+                    self.archive_ids[cursor] = text[at : text.find('"', at)]
+                return
+        message = json.loads(text)
+        kind = str(message.get("type"))
+        if kind == "file" and message.get("backlog") is False:
+            self.files.append((message["cursor"], arrival))
+            self.archive_ids.setdefault(message["cursor"], message["file"]["archive_id"])
+            return
+        self.others["backlog" if kind == "file" else kind] += 1
+        if kind == "live":
+            self.live.set()
+
+
+def say(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
+
+
+async def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per connection
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    config = json.loads(await stdin.readline())
+    url = f"{config['gateway']}/v1/stream"
+    params = [(str(k), str(v)) for k, v in config["params"]]
+    archive_ids: dict[str, str] = {}
+    clients = [Client(archive_ids) for _ in config["tokens"]]
+    handshakes = asyncio.Semaphore(int(config.get("concurrency", 50)))
+    compress = 15 if config.get("compress") else 0  # permessage-deflate, as browsers ask for it
+    tasks: list[asyncio.Task[None]] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def connect(client: Client, token: str) -> None:
+            async with handshakes:
+                task = loop.create_task(client.run(session, url, token, params, compress))
+                tasks.append(task)
+                await client.live.wait()  # the next handshake waits until this stream is live (or failed)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(connect(c, t) for c, t in zip(clients, config["tokens"], strict=True)))
+        say(
+            {
+                "ready": sum(c.ws is not None for c in clients),
+                "live": sum(c.others["live"] > 0 for c in clients),
+                "failed": sorted({c.error for c in clients if c.error}),
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        while line := (await stdin.readline()).decode().strip():
+            command, _, argument = line.partition(" ")
+            if command == "count":
+                say({"files": sum(len(c.files) for c in clients), "closed": sum(c.ended.is_set() for c in clients)})
+            elif command == "stop":
+                ended_early = [c.ended.is_set() for c in clients]  # the server closed them, or they failed
+                for client in clients:
+                    if client.ws is not None and not client.ws.closed:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(client.ws.close(), 5)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                results = {
+                    "clients": [
+                        {
+                            "files": c.files,
+                            "ended_early": early,
+                            "close_code": c.close_code if early else None,
+                            "others": dict(c.others),
+                            "error": c.error,
+                        }
+                        for c, early in zip(clients, ended_early, strict=True)
+                    ],
+                    "archive_ids": archive_ids,
+                }
+                await asyncio.to_thread(Path(argument).write_text, json.dumps(results))
+                say({"done": True})
+                return
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
