@@ -19,6 +19,7 @@ import secrets
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,8 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+                if stop.is_set():
+                    break
                 catalogued = "?"
                 with contextlib.suppress(aiohttp.ClientError, KeyError, ValueError):
                     params = {"count": "true", "limit": "1", "propid": PROPID}
@@ -220,6 +223,8 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # pgserver asks platformdirs for a runtime folder it does not need; a container has no XDG_RUNTIME_DIR.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = _arguments(argv)
     if args.fresh and args.home.exists():
         shutil.rmtree(args.home)
