@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from typing import Any
 from urllib.parse import quote
 
@@ -42,6 +44,8 @@ CLOSE_REVOKED = 4001
 CLOSE_TOO_SLOW = 4008
 PAGE_SIZE = 500
 MESSAGE_TYPES = ("hello", "file", "live", "programs", "heartbeat")
+_HAND_OVER_EVERY = 0.01
+"""Seconds of offering changes to streams before the writers get a turn (see :meth:`Hub.publish`)."""
 
 _FILE_FIELDS = (
     "archive_id",
@@ -96,7 +100,7 @@ class Change:
 
 def night_range(night: date) -> tuple[str, str]:
     """A UT night as the catalog's search parameters: observations overlapping that UT day."""
-    start = datetime.combine(night, time(), tzinfo=UTC)
+    start = datetime.combine(night, clock_time(), tzinfo=UTC)
     return start.isoformat(), (start + timedelta(days=1)).isoformat()
 
 
@@ -263,13 +267,17 @@ class Hub:
     async def publish(self, changes: Iterable[Change]) -> None:
         """Offer each change to every stream, then let the writers run before the next one.
 
-        Yielding between changes matters for bursts (a release of thousands of files): the first clients
-        get the first changes at once instead of after the whole page has been queued for everyone.
+        Handing over to the writers every few milliseconds matters for bursts (a release of thousands of
+        files): the first clients get the first changes at once instead of after the whole page has been
+        queued for everyone, and the writers still send many messages per turn.
         """
+        handed_over = time.monotonic()
         for change in changes:
             self.metrics.changes.inc()
             self.metrics.sent("file", sum(stream.offer(change) for stream in list(self.streams)))
-            await asyncio.sleep(0)
+            if time.monotonic() - handed_over >= _HAND_OVER_EVERY:
+                await asyncio.sleep(0)  # the writers send what is queued so far
+                handed_over = time.monotonic()
 
     def heartbeat(self) -> None:
         for stream in list(self.streams):
