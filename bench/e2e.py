@@ -82,6 +82,7 @@ from bench.ingest import (  # noqa: E402
     CpuClock,
     Prewritten,
     _filesystem,
+    effective_settings,
     parse_size,
     percentile,
     problems_logged,
@@ -835,19 +836,6 @@ async def start_instrumented(
             return service
 
 
-def effective_settings(env: dict[str, str]) -> list[str]:
-    lines = []
-    for service, (settings_class, names) in SHOWN_SETTINGS.items():
-        values = []
-        for name in names:
-            if name not in settings_class.model_fields:
-                continue
-            value = env.get(f"SKYPORT_{name.upper()}", settings_class.model_fields[name].default)
-            values.append(f"{name}={value}")
-        lines.append(f"    {service}: {', '.join(values)}")
-    return lines
-
-
 async def run(args: argparse.Namespace) -> None:
     configure_logging("console", "WARNING")  # the catalog code run here (making members) logs every grant
     await asyncio.to_thread(ensure_rabbitmq)
@@ -894,7 +882,7 @@ async def run(args: argparse.Namespace) -> None:
         say(f"  service processes: {processes} (--layout {args.layout}); RabbitMQ and PostgreSQL on this machine")
         say(f"  work tree: {root} ({_filesystem(root)})")
         say("  settings:")
-        for line in effective_settings(flow.env(**overrides)):
+        for line in effective_settings(flow.env(**overrides), SHOWN_SETTINGS, indent="    "):
             say(line)
         if args.profile_gateway:
             say("  the gateway runs under cProfile (slower than without)")

@@ -360,14 +360,21 @@ class CpuClock:
         ]
 
 
-def effective_settings(env: dict[str, str]) -> list[str]:
+def effective_settings(
+    env: dict[str, str],
+    shown: dict[str, tuple[type[Any], tuple[str, ...]]] = SHOWN_SETTINGS,
+    indent: str = "  ",
+) -> list[str]:
+    """A line per service: the values (from ``env``, else the default) of the settings ``shown`` names."""
     lines = []
-    for service, (settings_class, names) in SHOWN_SETTINGS.items():
+    for service, (settings_class, names) in shown.items():
         values = []
         for name in names:
+            if name not in settings_class.model_fields:
+                continue
             value = env.get(f"SKYPORT_{name.upper()}", settings_class.model_fields[name].default)
             values.append(f"{name}={value}")
-        lines.append(f"  {service}: {', '.join(values)}")
+        lines.append(f"{indent}{service}: {', '.join(values)}")
     return lines
 
 

@@ -25,7 +25,16 @@ from pathlib import Path
 
 import aiohttp
 
+from services.catalog import cli as catalog
+from services.receiver.storage import SiteStore
+from skyport.cli import load_service
+from skyport.db import Database
+from skyport.instruments import load_instruments
 from skyport.logging import configure_logging
+from skyport.runtime import migrate, run_services
+from skyport.settings import CommonSettings
+from skyport.simulator import Simulator
+from skyport.simulator.cli import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("monitor", "receiver", "ingestor", "catalog", "gateway")
@@ -86,12 +95,6 @@ def _configure(home: Path, port: int) -> None:
 
 async def _prepare() -> Accounts:
     """Migrate every schema, then the demo's site, program, people and tokens (fresh tokens every run)."""
-    from services.catalog import cli as catalog
-    from services.receiver.storage import SiteStore
-    from skyport.cli import load_service
-    from skyport.db import Database
-    from skyport.runtime import migrate
-    from skyport.settings import CommonSettings
 
     settings = CommonSettings()
     for name in SERVICES:
@@ -134,12 +137,9 @@ async def _wait_until_up(http: aiohttp.ClientSession, url: str, stop: asyncio.Ev
 
 async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Event) -> None:
     """Wait for the services, print how to sign in, write the night, and show progress."""
-    from skyport.instruments import load_instruments
-    from skyport.simulator import Simulator
-    from skyport.simulator.cli import parse_size
 
     page = f"http://127.0.0.1:{args.port}/"
-    catalog = os.environ["SKYPORT_CATALOG_PUBLIC_URL"]
+    catalog_url = os.environ["SKYPORT_CATALOG_PUBLIC_URL"]
     async with aiohttp.ClientSession() as http:
         if not await _wait_until_up(http, page, stop):
             return
@@ -182,7 +182,7 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
                 catalogued = "?"
                 with contextlib.suppress(aiohttp.ClientError, KeyError, ValueError):
                     params = {"count": "true", "limit": "1", "propid": PROPID}
-                    async with http.get(f"{catalog}/v1/products", params=params, headers=headers) as response:
+                    async with http.get(f"{catalog_url}/v1/products", params=params, headers=headers) as response:
                         catalogued = str((await response.json())["total"])
                 state = "writing" if not writer.done() else "night over"
                 line = (
@@ -205,8 +205,6 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
 
 
 async def _main(args: argparse.Namespace) -> None:
-    from skyport.cli import load_service
-    from skyport.runtime import run_services
 
     accounts = await _prepare()
     stop = asyncio.Event()
@@ -230,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.home)
     args.home.mkdir(parents=True, exist_ok=True)
     _configure(args.home, args.port)
-    from skyport.settings import CommonSettings
 
     common = CommonSettings()
     configure_logging(common.log_format, common.log_level)

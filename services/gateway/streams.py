@@ -149,7 +149,8 @@ class Stream:
         self.token = token
         self.selection = selection
         self.night = night
-        self.visible = self._visible(user)
+        self.visible: frozenset[Program] = frozenset()
+        self.set_user(user)
         self.position = 0
         self.queue: asyncio.Queue[str] = asyncio.Queue(queue_limit)
         self.queue_limit = queue_limit
@@ -158,8 +159,10 @@ class Stream:
         self.closing = False
         self._abort = abort
 
-    def _visible(self, user: User) -> frozenset[Program]:
-        return user.programs if self.selection is None else user.programs & self.selection
+    def set_user(self, user: User) -> None:
+        """What the catalog says of the token now: the stream carries those of its programs that were asked for."""
+        self.user = user
+        self.visible = user.programs if self.selection is None else user.programs & self.selection
 
     def memberships(self) -> list[dict[str, Any]]:
         return [m.as_json() for m in self.user.memberships if m.program in self.visible]
@@ -333,8 +336,7 @@ class Hub:
             stream.close(CLOSE_REVOKED, "your token was revoked: sign in again")
             return
         before = stream.visible
-        stream.user = user
-        stream.visible = stream._visible(user)
+        stream.set_user(user)
         stream.send(dumps({"type": "programs", "programs": stream.memberships(), "cursor": stream.cursor}), "programs")
         added = stream.visible - before
         if added and stream.pending is None:

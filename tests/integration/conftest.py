@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from skyport.bus import Bus, create_bus
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
 from tests.support.servers import AMQP_URL, DATABASE_URL, ensure_postgresql, ensure_rabbitmq
 
@@ -43,3 +44,12 @@ async def database(unique: str) -> AsyncIterator[Database]:
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def bus(amqp_url: str, unique: str) -> AsyncIterator[Bus]:
+    """A started AMQP bus on the test broker, closed afterwards."""
+    bus = create_bus(amqp_url, service=f"test-{unique}")
+    await bus.start()
+    yield bus
+    await bus.close()

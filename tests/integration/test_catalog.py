@@ -19,7 +19,7 @@ from services.catalog.releases import release_due
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import angular_distance, cone
 from services.catalog.storage import Params, ProductStore, cone_condition
-from skyport.bus import Bus, OutgoingMessage, create_bus
+from skyport.bus import Bus, OutgoingMessage
 from skyport.bus.base import utcnow
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
 from skyport.events import CloudEvent, FileArchived
@@ -41,14 +41,6 @@ from tests.support.waiting import eventually
 async def db(database_url: str, unique: str) -> AsyncIterator[Database]:
     async with catalog_database(database_url, f"catalog_{unique}") as db:
         yield db
-
-
-@pytest.fixture
-async def bus(amqp_url: str, unique: str) -> AsyncIterator[Bus]:
-    bus = create_bus(amqp_url, service=f"test-{unique}")
-    await bus.start()
-    yield bus
-    await bus.close()
 
 
 @pytest.fixture

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import pytest
 
-from skyport.bus import Bus, OutgoingMessage, Subscription, create_bus
+from skyport.bus import Bus, OutgoingMessage, Subscription
 from skyport.db import Database, OutboxRelay, enqueue, enqueue_many, idempotent, idempotent_batch
 from skyport.events import CloudEvent, IngestCompleted
+from tests.support.catalog import Received
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def bus(amqp_url: str, unique: str) -> AsyncIterator[Bus]:
-    bus = create_bus(amqp_url, service=f"test-{unique}")
-    await bus.start()
-    yield bus
-    await bus.close()
 
 
 def completed(archive_id: str, version: int = 1) -> CloudEvent[IngestCompleted]:
@@ -29,18 +22,6 @@ def completed(archive_id: str, version: int = 1) -> CloudEvent[IngestCompleted]:
         IngestCompleted(transfer_id=f"t-{archive_id}-{version}", archive_id=archive_id, version=version),
         source="/skyport/tests",
     )
-
-
-class Received:
-    def __init__(self) -> None:
-        self.events: list[CloudEvent[Any]] = []
-
-    async def __call__(self, event: CloudEvent[Any]) -> None:
-        self.events.append(event)
-
-    @property
-    def ids(self) -> Counter[str]:
-        return Counter(e.id for e in self.events)
 
 
 class CrashBeforePublish(Bus):

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from skyport.bus import Bus, Subscription, create_bus
+from skyport.bus import Bus, Subscription
 from skyport.events import CloudEvent, IngestFailed
 from tests.support.waiting import eventually
 
@@ -89,14 +88,6 @@ async def migrated(amqp_url: str, database_url: str) -> None:
     code, out = await skyport("migrate", SERVICE, env=service_env(amqp_url, database_url))
     assert code == 0, out
     assert "slow_test:" in out
-
-
-@pytest.fixture
-async def bus(amqp_url: str, unique: str) -> AsyncIterator[Bus]:
-    bus = create_bus(amqp_url, service=f"test-{unique}")
-    await bus.start()
-    yield bus
-    await bus.close()
 
 
 async def handled_ids(database_url: str, ids: list[str]) -> set[str]:

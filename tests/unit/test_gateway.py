@@ -11,10 +11,11 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
 from services.gateway.catalog import Membership, User
-from services.gateway.handlers.http import ApiError, _stream_parameters
+from services.gateway.handlers.http import _stream_parameters
 from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view
 from services.gateway.tickets import Tickets
 from skyport.cursor import encode_cursor
+from skyport.http import ApiError
 from tests.support.waiting import eventually
 
 PROGRAM = ("KECK", "2026B_U1")
@@ -144,7 +145,7 @@ def test_bad_stream_parameters_are_refused_with_a_message(query: str, message: s
     with pytest.raises(ApiError) as refused:
         _stream_parameters(make_mocked_request("GET", f"/v1/stream?{query}"))
     assert refused.value.status == 400
-    assert message in json.loads(refused.value.text or "")["error"]
+    assert message in refused.value.body["error"]
 
 
 def test_stream_parameters() -> None:

@@ -57,6 +57,7 @@ from services.catalog.settings import CatalogSettings
 from services.catalog.storage import ProductVersion, ProgramStore, UserStore
 from skyport.cursor import encode_cursor
 from skyport.db import Database
+from skyport.http import CHALLENGE, ApiError, bearer_token
 
 SEARCH_DEFAULT_LIMIT = 100
 SEARCH_MAX_LIMIT = 1000
@@ -71,19 +72,6 @@ _SCRIPT_NAME = "skyport-download.sh"
 VIEWER = web.RequestKey("viewer", Viewer)
 
 log = structlog.get_logger("skyport.catalog.api")
-
-
-class ApiError(Exception):
-    """An error response with a JSON body a person can act on: ``{"error": ..., **detail}``."""
-
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **detail: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": message, **detail}
-        self.headers = headers or {}
-
-
-_CHALLENGE = 'Bearer realm="skyport"'
 
 
 @web.middleware
@@ -193,18 +181,10 @@ class CatalogApi:
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Who is asking: anonymous without an Authorization header, else the user of a valid bearer token."""
-        header = request.headers.get("Authorization")
-        if header is None:
+        token = bearer_token(request)
+        if token is None:
             request[VIEWER] = ANONYMOUS
             return await handler(request)
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401,
-                "the Authorization header must be 'Bearer <token>'",
-                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_request"'},
-            )
         viewer = None
         if len(token) <= _MAX_TOKEN:
             async with self.db.pool.acquire() as conn:
@@ -215,7 +195,7 @@ class CatalogApi:
                 401,
                 "the token is unknown or revoked: use another, or have a new one issued (POST /v1/tokens, "
                 "skyport catalog issue-token)",
-                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+                headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'},
             )
         request[VIEWER] = viewer
         with structlog.contextvars.bound_contextvars(username=viewer.username):
@@ -536,7 +516,7 @@ def _user(request: web.Request) -> Viewer:
     viewer = request[VIEWER]
     if viewer.is_anonymous:
         raise ApiError(
-            401, "this endpoint needs a token: Authorization: Bearer <token>", headers={"WWW-Authenticate": _CHALLENGE}
+            401, "this endpoint needs a token: Authorization: Bearer <token>", headers={"WWW-Authenticate": CHALLENGE}
         )
     return viewer
 

@@ -25,11 +25,11 @@ from services.gateway.streams import (
     GatewayMetrics,
     Hub,
     Stream,
-    dumps,
     send_backlog,
 )
 from services.gateway.tickets import Tickets
 from skyport.cursor import BadCursor, decode_cursor
+from skyport.http import ApiError, bearer_token
 
 log = structlog.get_logger("skyport.gateway")
 
@@ -64,10 +64,12 @@ _PAGE_POLICY = (
 )
 
 
-class ApiError(web.HTTPException):
-    def __init__(self, status: int, message: str) -> None:
-        self.status_code = status
-        super().__init__(text=dumps({"error": message}), content_type="application/json")
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(exc.body, status=exc.status, headers=exc.headers)
 
 
 @web.middleware
@@ -101,7 +103,7 @@ class GatewayApi:
         self.heartbeat = heartbeat
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[security_headers], client_max_size=1 << 16)
+        app = web.Application(middlewares=[security_headers, json_errors], client_max_size=1 << 16)
         app.router.add_get("/", self.page)
         app.router.add_static("/static/", STATIC)
         app.router.add_post("/v1/tickets", self.issue_ticket)
@@ -116,13 +118,9 @@ class GatewayApi:
     # --- authentication ------------------------------------------------------------------------------------
 
     def _bearer(self, request: web.Request) -> str | None:
-        header = request.headers.get("Authorization")
-        if header is None:
-            return None
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
-            raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
+        token = bearer_token(request)
+        if token is not None and len(token) > _MAX_TOKEN:
+            raise ApiError(401, "the token is unknown or revoked")
         return token
 
     async def _user_of(self, token: str) -> User:

@@ -19,22 +19,13 @@ from services.receiver.staging import ChecksumMismatch, StagedFile, Staging
 from services.receiver.storage import SiteStore, Transfer, TransferStore
 from skyport.db import Database, enqueue
 from skyport.events import CloudEvent, TransferReceived
+from skyport.http import ApiError
 from skyport.transfer import Manifest, TransferState
 
 SOURCE = "/skyport/receiver"
 CHUNK = 1 << 20
 
 log = structlog.get_logger("skyport.receiver")
-
-
-class ApiError(Exception):
-    """An error response with a JSON body a person can act on: ``{"error": ..., **detail}``."""
-
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **detail: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": message, **detail}
-        self.headers = headers or {}
 
 
 def problem(status: int, message: str, **detail: Any) -> ApiError:
