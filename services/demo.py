@@ -29,6 +29,7 @@ from services.catalog import cli as catalog
 from services.receiver.storage import SiteStore
 from skyport.cli import load_service
 from skyport.db import Database
+from skyport.errors import Unreachable
 from skyport.instruments import load_instruments
 from skyport.logging import configure_logging
 from skyport.runtime import migrate, run_services
@@ -233,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(common.log_format, common.log_level)
     try:
         asyncio.run(_main(args))
+    except Unreachable as exc:
+        print(f"make demo: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nSkyport demo stopped.")
         return 130

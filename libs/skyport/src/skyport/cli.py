@@ -7,50 +7,61 @@ import asyncio
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import Any
 
 from skyport import simulator
 from skyport.bus import create_bus
 from skyport.db.migrations import MigrationChanged, SchemaBehind
+from skyport.errors import Unreachable
 from skyport.logging import configure_logging
 from skyport.runtime import ServiceSpec, migrate, run_services
 from skyport.settings import CommonSettings
 
-# The services of this repository, in the order of the data flow; each is `services.<name>.app:service`.
-SERVICE_NAMES = ("monitor", "receiver", "ingestor", "catalog", "notifier", "gateway")
+# Services register themselves, so that this library names none: an entry point in this group is a service's
+# name and its ServiceSpec (``catalog = "mypackage.catalog.app:service"``), read from the installed packages.
+SERVICE_GROUP = "skyport.services"
+# An entry point in this group adds a service's own subcommands (``skyport monitor status``): a function that
+# takes the ``skyport`` command's subparsers.
+COMMAND_GROUP = "skyport.commands"
+
+DESCRIPTION = """\
+Skyport's command line: run services, migrate their database schemas, inspect and replay dead letters,
+write a simulated observing night, export the event schemas, and the installed services' own commands.
+Settings come from SKYPORT_* environment variables (SKYPORT_BUS_URL, SKYPORT_DATABASE_URL, ...)."""
 
 
 class UsageError(Exception):
     """A mistake in the command line, reported in one line without a traceback."""
 
 
-def load_service(name: str) -> ServiceSpec:
-    """A service by name (``catalog``) or by import path (``package.module:attribute``)."""
-    module_name, _, attribute = name.partition(":") if ":" in name else (f"services.{name}.app", "", "service")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise UsageError(
-                f"unknown service {name!r}; available: {', '.join(available_services()) or 'none'}"
-            ) from exc
-        raise
-    spec = getattr(module, attribute, None)
-    if not isinstance(spec, ServiceSpec):
-        raise UsageError(f"{module_name}:{attribute} is not a ServiceSpec")
-    return spec
+def installed_services() -> dict[str, EntryPoint]:
+    """The services installed in this environment, by name, in the order their packages declare them."""
+    return {entry.name: entry for entry in entry_points(group=SERVICE_GROUP)}
 
 
 def available_services() -> list[str]:
-    names = []
-    for name in SERVICE_NAMES:
+    return list(installed_services())
+
+
+def load_service(name: str) -> ServiceSpec:
+    """An installed service by name (``catalog``), or any ServiceSpec by import path (``package.module:attribute``)."""
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
         try:
-            importlib.import_module(f"services.{name}.app")
-        except ModuleNotFoundError:
-            continue
-        names.append(name)
-    return names
+            spec = getattr(importlib.import_module(module_name), attribute, None)
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"cannot import {module_name}: {exc}") from exc
+    else:
+        entry = installed_services().get(name)
+        if entry is None:
+            raise UsageError(f"unknown service {name!r}; installed: {', '.join(available_services()) or 'none'}")
+        spec = entry.load()
+    if not isinstance(spec, ServiceSpec):
+        raise UsageError(f"{name} is not a ServiceSpec")
+    return spec
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -144,20 +155,31 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skyport", description=__doc__)
+    parser = argparse.ArgumentParser(prog="skyport", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run one or several services in this process")
+    installed = ", ".join(available_services()) or "none"
+    run = commands.add_parser(
+        "run",
+        help="run one or several services in this process",
+        description="Run services in this process until SIGTERM or Ctrl-C; they share one bus connection and "
+        "one /healthz, /readyz and /metrics server.",
+    )
     run.add_argument(
         "services",
         nargs="+",
         metavar="NAME",
-        help=f"service names ({', '.join(SERVICE_NAMES)}), 'all', or module:attribute of a ServiceSpec",
+        help=f"installed services ({installed}), 'all', or module:attribute of a ServiceSpec",
     )
     run.set_defaults(func=_cmd_run)
 
-    mig = commands.add_parser("migrate", help="apply pending database migrations")
-    mig.add_argument("services", nargs="*", metavar="NAME", help="services to migrate (default: all)")
+    mig = commands.add_parser(
+        "migrate",
+        help="apply pending database migrations and declare the bus topology",
+        description="Apply each service's pending database migrations (a release step: services refuse to "
+        "start on a schema that is behind).",
+    )
+    mig.add_argument("services", nargs="*", metavar="NAME", help=f"services to migrate (default: all: {installed})")
     mig.set_defaults(func=_cmd_migrate)
 
     dlq = commands.add_parser("dlq", help="inspect, replay or drop dead-lettered messages")
@@ -172,14 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("ids", nargs="+", metavar="MESSAGE_ID")
     dlq.set_defaults(func=_cmd_dlq)
 
-    for name in SERVICE_NAMES:  # services add their own subcommands (`skyport monitor status`, ...)
-        try:
-            service_cli = importlib.import_module(f"services.{name}.cli")
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and f"services.{name}.cli".startswith(exc.name):
-                continue
-            raise
-        service_cli.add_commands(commands)
+    for entry in entry_points(group=COMMAND_GROUP):  # `skyport monitor status`, `skyport catalog add-user`, ...
+        add_commands: Callable[[Any], None] = entry.load()
+        add_commands(commands)
 
     simulate = commands.add_parser("simulate", help="write a simulated observing night of FITS files")
     simulator.add_arguments(simulate)
@@ -189,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--out", default="schemas/v1")
     schemas.add_argument("--check", action="store_true", help="fail when the files and the models disagree")
     schemas.set_defaults(func=_cmd_schemas)
+
     return parser
 
 
@@ -202,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"skyport: {exc}", file=sys.stderr)
         return 2
-    except (SchemaBehind, MigrationChanged) as exc:
+    except (SchemaBehind, MigrationChanged, Unreachable) as exc:
         print(f"skyport: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

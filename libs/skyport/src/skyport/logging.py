@@ -47,7 +47,17 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     # their warnings still show.
     for noisy in ("aio_pika", "aiormq", "watchfiles"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # aiormq logs a failed connect as an error, then raises it: the bus reports it once, in one line, at start
+    # (skyport.errors.Unreachable), and aio-pika warns about each failed reconnect.
+    transport = logging.getLogger("aiormq.connection")
+    if not any(isinstance(f, _TransportErrorFilter) for f in transport.filters):
+        transport.addFilter(_TransportErrorFilter())
     _configured = True
+
+
+class _TransportErrorFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
 
 
 def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:

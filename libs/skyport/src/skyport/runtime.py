@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from skyport.bus import Bus, Subscription, create_bus
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
 from skyport.db.idempotency import forget_processed_events
+from skyport.errors import Unreachable
 from skyport.logging import configure_logging
 from skyport.metrics import BusMetrics
 from skyport.settings import CommonSettings
@@ -308,5 +309,11 @@ async def _open_database(spec: ServiceSpec, settings: CommonSettings) -> Databas
 
 
 def run_service(spec: ServiceSpec) -> None:
-    """The ``python -m services.<name>`` entry point: run one service alone in this process."""
-    asyncio.run(run_services([spec]))
+    """A service's ``python -m <package>`` entry point: run it alone in this process.
+
+    A server it cannot reach at start ends the process with one line that says which and where, no traceback.
+    """
+    try:
+        asyncio.run(run_services([spec]))
+    except Unreachable as exc:
+        raise SystemExit(f"{spec.name}: {exc}") from None

@@ -55,6 +55,7 @@ from skyport.bus.base import (
     utcnow,
     wait_for_tasks,
 )
+from skyport.errors import Unreachable, connect_reason
 from skyport.events import CONTENT_TYPE, EXCHANGE
 from skyport.metrics import BusMetrics
 
@@ -169,12 +170,20 @@ class AmqpBus(Bus):
 
     async def start(self) -> None:
         # A broker that accepts the TCP connection but never answers must fail the start, not hang it.
-        self._connection = await aio_pika.connect_robust(
-            self.url,
-            timeout=self.connect_timeout,
-            reconnect_interval=self.reconnect_interval,
-            client_properties={"connection_name": f"skyport {self.service}"},
-        )
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self.url,
+                timeout=self.connect_timeout,
+                reconnect_interval=self.reconnect_interval,
+                client_properties={"connection_name": f"skyport {self.service}"},
+            )
+        except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+            raise Unreachable(
+                "the RabbitMQ broker",
+                self.url,
+                connect_reason(exc, self.connect_timeout),
+                "is RabbitMQ running there, and are the user, password and vhost in SKYPORT_BUS_URL right?",
+            ) from exc
         self._channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await self._channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
         dead_letter_exchange = await self._channel.declare_exchange(

@@ -12,6 +12,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from skyport.errors import Unreachable, connect_reason
+
+# Long enough for a loaded server, short enough that a wrong address fails the start in seconds, not minutes.
+CONNECT_TIMEOUT = 15.0
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _embedded_servers: dict[Path, Any] = {}
 
@@ -50,12 +54,27 @@ class Database:
     async def connect(cls, url: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> Database:
         real_url = await resolve_database_url(url)
         check_identifier(schema)
-        pool = await asyncpg.create_pool(
-            real_url,
-            min_size=min_size,
-            max_size=max_size,
-            server_settings={"search_path": f"{schema}, public", "application_name": f"skyport-{schema}"},
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                real_url,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"search_path": f"{schema}, public", "application_name": f"skyport-{schema}"},
+            )
+        except (OSError, TimeoutError) as exc:
+            raise Unreachable(
+                "PostgreSQL",
+                real_url,
+                connect_reason(exc, CONNECT_TIMEOUT),
+                "is PostgreSQL running there, and is SKYPORT_DATABASE_URL right?",
+            ) from exc
+        except asyncpg.InvalidPasswordError as exc:
+            raise Unreachable("PostgreSQL", real_url, str(exc), "check the password in SKYPORT_DATABASE_URL") from exc
+        except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as exc:
+            raise Unreachable(
+                "PostgreSQL", real_url, str(exc), "check the user and database in SKYPORT_DATABASE_URL"
+            ) from exc
         assert pool is not None
         return cls(pool, real_url, schema)
 
