@@ -27,12 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.catalog.dataset_events import dataset_file, obsets_of, program_event
 from services.catalog.sky import check_position, healpix_index
@@ -84,32 +83,10 @@ class Catalogued:
     events: tuple[CloudEvent[Any], ...] = ()
 
 
-class _Metadata(BaseModel):
-    """The metadata an instrument configuration extracts (skyport.instruments.evaluation), as the catalog reads it.
-
-    Unknown keys are ignored; keys the catalog understands must have sensible values.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    product: str | None = None
-    target_name: str | None = None
-    ra_deg: float | None = Field(default=None, allow_inf_nan=False)
-    dec_deg: float | None = Field(default=None, ge=-90, le=90, allow_inf_nan=False)
-    observed_at: datetime | None = None
-    exptime_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    filters: list[str] = Field(default_factory=list)
-    intent: Literal["science", "calibration"] = "science"
-    release_date: date | None = None
-    header: dict[str, Any] = Field(default_factory=dict)
-    dataproduct_type: str | None = None
-    calib_level: int | None = Field(default=None, ge=0, le=4)
-    em_min_m: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    em_max_m: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-
-
 def calib_level_of(mission: str, level: str, overrides: Mapping[str, int]) -> int | None:
     """The ObsCore calib_level of a mission's level: configured, or the level's leading digit (at least 1).
+
+    For events from before DEP sent the product's own ``calib_level`` (the instrument configuration's).
 
     Files that reach the archive are FITS, so never ObsCore level 0 (proprietary formats): KECK 0 (raw) and
     JWST 1b are 1, KECK 2 and JWST 2a/2b are 2, JWST 3 is 3.
@@ -136,19 +113,13 @@ def describe(archived: FileArchived, *, calib_levels: Mapping[str, int] | None =
 
     The release date here is the file's own (None if it has none); :func:`release_date_for` decides.
     """
-    try:
-        meta = _Metadata.model_validate(archived.metadata)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidProduct(f"metadata of {archived.archive_id}: {problems}") from None
+    meta = archived.metadata  # typed and checked when the event was parsed (HeaderMetadata)
     mission = archived.mission.upper()
     for word, what in ((mission, "mission"), (archived.level, "level"), (archived.propid, "program")):
         try:
             routing_word(word)
         except ValueError as exc:
             raise InvalidProduct(f"{what} {word!r} of {archived.archive_id}: {exc}") from None
-    if (meta.ra_deg is None) != (meta.dec_deg is None):
-        raise InvalidProduct(f"metadata of {archived.archive_id}: ra_deg and dec_deg come together or not at all")
     s_ra = s_dec = None
     healpix = None
     if meta.ra_deg is not None and meta.dec_deg is not None:
@@ -160,7 +131,8 @@ def describe(archived: FileArchived, *, calib_levels: Mapping[str, int] | None =
     t_min = to_mjd(observed_at) if observed_at is not None else None
     t_max = t_min + meta.exptime_s / 86400.0 if t_min is not None and meta.exptime_s is not None else t_min
     header = meta.header
-    facility = header.get("TELESCOP") if isinstance(header.get("TELESCOP"), str) else None
+    telescope = header.get("TELESCOP")
+    facility = telescope if isinstance(telescope, str) else None
     return ProductDescription(
         archive_id=archived.archive_id,
         version=archived.version,
@@ -175,9 +147,7 @@ def describe(archived: FileArchived, *, calib_levels: Mapping[str, int] | None =
         obs_collection=mission,
         obs_id=archived.archive_id,
         dataproduct_type=meta.dataproduct_type,
-        calib_level=meta.calib_level
-        if meta.calib_level is not None
-        else calib_level_of(mission, archived.level, calib_levels or {}),
+        calib_level=_calib_level(meta.calib_level, mission, archived.level, calib_levels or {}),
         target_name=meta.target_name,
         s_ra=s_ra,
         s_dec=s_dec,
@@ -199,10 +169,17 @@ def describe(archived: FileArchived, *, calib_levels: Mapping[str, int] | None =
         sha256=archived.sha256,
         size_bytes=archived.size_bytes,
         storage_path=archived.storage_path,
-        software_version=archived.software_version,
-        reference_files=tuple(archived.reference_files),
+        software_version=archived.software_version or meta.software_version,
+        reference_files=tuple(archived.reference_files or meta.reference_files),
         transfer_id=archived.transfer_id,
     )
+
+
+def _calib_level(sent: int | None, mission: str, level: str, overrides: Mapping[str, int]) -> int | None:
+    """The catalog's configured calib_level of a mission's level first, then DEP's, then the level's digit."""
+    if f"{mission}/{level}" in overrides or sent is None:
+        return calib_level_of(mission, level, overrides)
+    return sent
 
 
 def release_date_for(product: ProductDescription, program: Program) -> date:

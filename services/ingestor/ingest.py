@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import fnmatch
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,8 @@ class Ingestor:
                 archived_at=archived_at,
                 written_at=received.written_at,
                 metadata=received.metadata,
+                software_version=received.metadata.software_version,
+                reference_files=received.metadata.reference_files,
                 transfer_id=received.transfer_id,
             ),
             source=SOURCE,
@@ -197,10 +199,9 @@ class Ingestor:
 
 
 def _ut_date(received: TransferReceived) -> date:
-    observed = received.metadata.get("observed_at")
-    if isinstance(observed, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(observed).date()
+    observed = received.metadata.observed_at
+    if observed is not None:
+        return (observed.astimezone(UTC) if observed.tzinfo else observed).date()
     if received.written_at is not None:
         return received.written_at.date()
     raise IngestRejected("neither the observation time nor the write time is known: no UT date for storage")

@@ -202,20 +202,20 @@ async def test_a_malformed_file_archived_goes_to_dead_letters_with_the_reason(
 
     missing_checksum = event_of(archived(f"HI.{unique}.2", propid=propid)).model_dump(mode="json")
     del missing_checksum["data"]["sha256"]
-    impossible_position = event_of(archived(f"HI.{unique}.3", propid=propid, dec=123.0))
+    impossible_position = event_of(archived(f"HI.{unique}.3", propid=propid)).model_dump(mode="json")
+    impossible_position["data"]["metadata"]["dec_deg"] = 123.0
     other_checksum = event_of(archived(good.archive_id, propid=propid, sha256=sha256_of("other bytes")))
     bad_program = event_of(archived(f"HI.{unique}.4", propid="2026A.U123"))
-    await bus.publish_message(
-        OutgoingMessage(
-            catalog.file_key, json.dumps(missing_checksum).encode(), missing_checksum["id"], "file.archived", utcnow()
+    for document in (missing_checksum, impossible_position):
+        await bus.publish_message(
+            OutgoingMessage(catalog.file_key, json.dumps(document).encode(), document["id"], "file.archived", utcnow())
         )
-    )
-    for event in (impossible_position, other_checksum, bad_program):
+    for event in (other_checksum, bad_program):
         await catalog.publish(event)
 
     expected = {
         missing_checksum["id"]: "invalid file.archived payload: sha256: Field required",
-        impossible_position.id: f"rejected by handler: metadata of HI.{unique}.3: dec_deg: Input should be less",
+        impossible_position["id"]: "invalid file.archived payload: metadata.dec_deg: Input should be less",
         other_checksum.id: f"rejected by handler: {good.archive_id} version 1 is catalogued with sha256",
         bad_program.id: "rejected by handler: program '2026A.U123'",
     }

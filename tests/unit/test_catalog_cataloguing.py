@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
@@ -15,7 +16,8 @@ from services.catalog.settings import CatalogSettings
 from services.catalog.sky import healpix_index
 from services.catalog.storage import AnnouncedFile, Params, Program
 from skyport.db import Database
-from tests.support.catalog import FAR_FUTURE, PUBLIC_URL, archived
+from skyport.events import InvalidEvent, decode_event
+from tests.support.catalog import FAR_FUTURE, PUBLIC_URL, archived, event_of
 
 
 def program(months: int | None = None) -> Program:
@@ -61,8 +63,11 @@ def test_a_file_without_a_position_has_no_cell() -> None:
     ],
 )
 def test_metadata_that_make_no_sense_are_refused_with_the_reason(metadata: dict[str, object], reason: str) -> None:
-    with pytest.raises(InvalidProduct, match=reason):
-        describe(archived("HI.x.1", propid="P", metadata=metadata))
+    """The metadata are typed in the event itself: nonsense never reaches the catalog, it is a dead letter."""
+    document = json.loads(event_of(archived("HI.x.1", propid="P")).to_json())
+    document["data"]["metadata"].update(metadata)
+    with pytest.raises(InvalidEvent, match=f"invalid file.archived payload: metadata.*{reason}"):
+        decode_event(json.dumps(document).encode())
 
 
 def test_a_program_that_cannot_be_a_routing_key_word_is_refused() -> None:

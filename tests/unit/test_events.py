@@ -69,7 +69,7 @@ def test_a_repro_event_carries_files_and_why() -> None:
     )
     event = CloudEvent.create(repro, source="/skyport/catalog", correlation_id="c-1")
     assert decode_event(event.to_json()) == event
-    assert event.dataschema == "schemas/v1/dataset.repro.json"
+    assert event.dataschema == "https://skyport.example.org/schemas/v1/dataset.repro.json"
 
 
 def test_producers_cannot_invent_fields_but_consumers_ignore_newer_ones() -> None:
@@ -127,7 +127,7 @@ def test_every_event_type_has_its_model_and_its_schema_file() -> None:
         "dataset.public",
         "access.changed",
     }
-    assert FileArchived.dataschema() == "schemas/v1/file.archived.json"
+    assert FileArchived.dataschema() == "https://skyport.example.org/schemas/v1/file.archived.json"
 
 
 def test_the_exported_schemas_match_the_models() -> None:
@@ -145,3 +145,54 @@ def test_schema_differences_reports_an_edited_file(tmp_path: Path) -> None:
         f"{tmp_path}/dataset.new.json differs from the model",
         f"{tmp_path}/dataset.old.json has no model",
     ]
+
+
+def test_dataschema_is_an_absolute_uri_under_a_configurable_base() -> None:
+    from skyport.events import configure_schema_base, schema_base
+    from skyport.settings import CommonSettings
+
+    settings = CommonSettings(schema_base_uri="https://archive.example/skyport/schemas/v1")
+    assert settings.schema_base_uri == "https://archive.example/skyport/schemas/v1/"
+    for relative in ("schemas/v1/", "/schemas/v1/", "ftp://archive.example/schemas/"):
+        with pytest.raises(ValidationError, match="absolute http"):
+            CommonSettings(schema_base_uri=relative)
+    default = schema_base()
+    configure_schema_base(settings.schema_base_uri)
+    try:
+        event = CloudEvent.create(DatasetNew(mission="JWST", propid="1", level="1b"), source="/skyport/catalog")
+        assert event.dataschema == "https://archive.example/skyport/schemas/v1/dataset.new.json"
+    finally:
+        configure_schema_base(default)
+
+
+def test_the_file_archived_schema_describes_the_metadata_field_by_field() -> None:
+    schema = json.loads((REPO / "schemas" / "v1" / "file.archived.json").read_text())
+    assert schema["$id"] == "https://skyport.example.org/schemas/v1/file.archived.json"
+    metadata = schema["$defs"]["HeaderMetadata"]["properties"]
+    types = {name: [option.get("type") for option in field.get("anyOf", [field])] for name, field in metadata.items()}
+    assert types["ra_deg"] == ["number", "null"]
+    assert types["observed_at"] == ["string", "null"]
+    assert metadata["observed_at"]["anyOf"][0]["format"] == "date-time"
+    assert types["calib_level"] == ["integer", "null"]
+    assert types["filters"] == ["array"]
+    assert {"target_name", "exptime_s", "em_min_m", "em_max_m", "software_version", "reference_files"} <= set(types)
+    assert metadata["header"]["additionalProperties"]["anyOf"] == [
+        {"type": t} for t in ("string", "integer", "number", "boolean", "null")
+    ]
+
+
+def test_the_envelope_schema_takes_any_payload_and_extensions_but_not_a_bad_envelope() -> None:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((REPO / "schemas" / "v1" / "cloudevent.json").read_text())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    event = json.loads(
+        CloudEvent.create(DatasetNew(mission="JWST", propid="1", level="1b"), source="/skyport/catalog").to_json()
+    )
+    later = {**event, "type": "association.new", "data": {"from_v1_9": True}, "traceparent": "00-ab-cd-01"}
+    assert list(validator.iter_errors(event)) == []
+    assert list(validator.iter_errors(later)) == []  # a newer event type, a newer extension attribute
+    for broken in ({**event, "specversion": "0.3"}, {**event, "data": []}, {**event, "Bad-Name": "x"}):
+        assert list(validator.iter_errors(broken)) != []
+    missing_id = {k: v for k, v in event.items() if k != "id"}
+    assert list(validator.iter_errors(missing_id)) != []

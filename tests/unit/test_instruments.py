@@ -191,15 +191,19 @@ def test_hires_header_evaluates_to_koaid_and_metadata(catalog: InstrumentCatalog
     assert evaluation.observed_at == datetime(2026, 3, 15, 3, 25, 45, 670000, tzinfo=UTC)
     assert evaluation.release_date == date(2027, 9, 15)
     meta = evaluation.metadata
-    assert meta["target_name"] == "HD 189733"
-    assert meta["ra_deg"] == pytest.approx(300.182125)  # 20h00m43.71s
-    assert meta["dec_deg"] == pytest.approx(22.710861, abs=1e-6)  # +22d42m39.1s
-    assert meta["exptime_s"] == 300.0
-    assert meta["filters"] == ["bg12"]  # "clear" is no filter
-    assert meta["intent"] == "science"
-    assert meta["observed_at"] == "2026-03-15T03:25:45.670000Z"
-    assert meta["header"]["DECKNAME"] == "C2"
-    json.dumps(meta)  # what travels in the manifest and the events
+    assert meta.target_name == "HD 189733"
+    assert meta.ra_deg == pytest.approx(300.182125)  # 20h00m43.71s
+    assert meta.dec_deg == pytest.approx(22.710861, abs=1e-6)  # +22d42m39.1s
+    assert meta.exptime_s == 300.0
+    assert meta.filters == ["bg12"]  # "clear" is no filter
+    assert meta.intent == "science"
+    assert meta.header["DECKNAME"] == "C2"
+    # What travels in the manifest and the events, with the ObsCore fields the instrument configuration gives.
+    sent = json.loads(meta.model_dump_json())
+    assert sent["observed_at"] == "2026-03-15T03:25:45.670000Z"
+    assert (sent["release_date"], sent["calib_level"], sent["dataproduct_type"]) == ("2027-09-15", 1, "spectrum")
+    assert (sent["em_min_m"], sent["em_max_m"]) == (0.3e-6, 1.0e-6)
+    assert (sent["software_version"], sent["reference_files"]) == (None, [])
 
 
 def test_the_last_hundredth_of_a_day_keeps_its_date(catalog: InstrumentCatalog) -> None:
@@ -221,12 +225,12 @@ def test_sexagesimal_south_and_degrees(catalog: InstrumentCatalog) -> None:
     south = hires.evaluate(
         hires_header(RA="23:06:29.28", DEC="-05:02:28.6"), "hires0012.fits", hires.product("raw")
     ).metadata
-    assert south["ra_deg"] == pytest.approx(346.622)
-    assert south["dec_deg"] == pytest.approx(-5.041278, abs=1e-6)
+    assert south.ra_deg == pytest.approx(346.622)
+    assert south.dec_deg == pytest.approx(-5.041278, abs=1e-6)
 
     nircam = catalog.instrument("JWST", "NIRCAM")
     degrees = nircam.evaluate(nircam_header(), UNCAL, nircam.product("uncal")).metadata
-    assert (degrees["ra_deg"], degrees["dec_deg"]) == (110.8375, -73.454444)
+    assert (degrees.ra_deg, degrees.dec_deg) == (110.8375, -73.454444)
 
 
 def test_nircam_archive_id_program_obset_and_release(catalog: InstrumentCatalog) -> None:
@@ -240,8 +244,9 @@ def test_nircam_archive_id_program_obset_and_release(catalog: InstrumentCatalog)
     assert (uncal.level, cal.level) == ("1b", "2b")
     assert (uncal.propid, uncal.obset) == ("1011", "002")
     assert uncal.release_date == date(2027, 3, 15)
-    assert uncal.metadata["filters"] == ["F200W"]
-    assert cal.metadata["header"]["CAL_VER"] == "1.14.0"
+    assert uncal.metadata.filters == ["F200W"]
+    assert cal.metadata.header["CAL_VER"] == "1.14.0"
+    assert (uncal.metadata.calib_level, cal.metadata.calib_level) == (1, 2)
 
 
 def test_nircam_time_from_date_obs_and_time_obs(catalog: InstrumentCatalog) -> None:
@@ -256,11 +261,11 @@ def test_nircam_time_from_date_obs_and_time_obs(catalog: InstrumentCatalog) -> N
 def test_calibration_intent(catalog: InstrumentCatalog) -> None:
     nircam = catalog.instrument("JWST", "NIRCAM")
     dark = nircam.evaluate(nircam_header(EXP_TYPE="NRC_DARK", TARGPROP=None), UNCAL, nircam.product("uncal"))
-    assert (dark.metadata["intent"], dark.metadata["target_name"]) == ("calibration", None)
+    assert (dark.metadata.intent, dark.metadata.target_name) == ("calibration", None)
 
     hires = catalog.instrument("KECK", "HIRES")
     bias = hires.evaluate(hires_header(OBSTYPE="Bias", RA=None, DEC=None), "hires0012.fits", hires.product("raw"))
-    assert (bias.metadata["intent"], bias.metadata["ra_deg"]) == ("calibration", None)
+    assert (bias.metadata.intent, bias.metadata.ra_deg) == ("calibration", None)
 
 
 def test_every_problem_is_reported_at_once(catalog: InstrumentCatalog) -> None:
@@ -486,14 +491,14 @@ def test_adding_an_instrument_is_adding_a_file(config_copy: Path, tmp_path: Path
         assert evaluation.level == level
         assert evaluation.propid in catalog.missions["KECK"].simulate.programs
         assert evaluation.release_date == date(2027, 9, 15)  # the mission's 18 months
-        assert evaluation.metadata["exptime_s"] == simulated.evaluation.metadata["exptime_s"]  # type: ignore[union-attr]
+        assert evaluation.metadata.exptime_s == simulated.evaluation.metadata.exptime_s  # type: ignore[union-attr]
     base = raw.archive_id
     assert base is not None
     assert base.startswith("WC.20260315.")
     assert stack.archive_id == f"{base}_stack"  # the stack follows its raw frame
     # EXPTIME is written in milliseconds; the metadata says seconds.
     raw_header = verify_fits(raw.path).header
-    assert raw_header["EXPTIME"] == pytest.approx(1000 * raw.evaluation.metadata["exptime_s"])  # type: ignore[union-attr]
+    assert raw_header["EXPTIME"] == pytest.approx(1000 * raw.evaluation.metadata.exptime_s)  # type: ignore[union-attr,operator]
 
 
 def test_matches_can_be_keys(catalog: InstrumentCatalog) -> None:
@@ -504,3 +509,30 @@ def test_matches_can_be_keys(catalog: InstrumentCatalog) -> None:
     assert second is not None
     assert {first: "seen"}[second] == "seen"
     assert len({first.instrument, second.instrument, catalog.instrument("KECK", "KCWI")}) == 2
+
+
+def test_a_calibrated_file_names_the_software_and_reference_files_that_made_it(
+    catalog: InstrumentCatalog, tmp_path: Path
+) -> None:
+    """What a dataset.repro tells its subscribers comes from the header keywords the configuration names."""
+    nircam = catalog.instrument("JWST", "NIRCAM")
+    header = nircam_header(
+        CAL_VER="1.18.0",
+        R_DARK="crds://jwst_nircam_dark_0342.fits",
+        R_FLAT="crds://jwst_nircam_flat_0456.fits",
+        R_AREA="N/A",  # the step used no reference file of this kind
+    )
+    cal = nircam.evaluate(header, CAL, nircam.product("cal")).metadata
+    assert cal.software_version == "1.18.0"
+    assert cal.reference_files == ["crds://jwst_nircam_dark_0342.fits", "crds://jwst_nircam_flat_0456.fits"]
+    uncal = nircam.evaluate(nircam_header(CAL_VER=...), UNCAL, nircam.product("uncal")).metadata
+    assert (uncal.software_version, uncal.reference_files) == (None, [])
+
+    # The simulator's calibrated files carry them as the real pipeline writes them.
+    simulator = Simulator(catalog, tmp_path, seed=3, night=date(2026, 3, 15))
+    simulator.write_file("NIRCAM", "uncal", size_bytes=50_000)
+    written = simulator.write_file("NIRCAM", "cal", size_bytes=50_000)
+    simulated = nircam.evaluate(verify_fits(written.path).header, written.path.name, nircam.product("cal")).metadata
+    assert simulated.software_version == "1.14.0"
+    assert "crds://jwst_nircam_flat_0312.fits" in simulated.reference_files
+    assert all(name.startswith("crds://") for name in simulated.reference_files)  # no 'N/A'

@@ -31,6 +31,7 @@ from skyport.bus import Bus, Subscription, create_bus
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
 from skyport.db.idempotency import forget_processed_events
 from skyport.errors import Unreachable
+from skyport.events.envelope import configure_schema_base
 from skyport.logging import configure_logging
 from skyport.metrics import BusMetrics
 from skyport.settings import CommonSettings
@@ -218,6 +219,7 @@ async def run_services(specs: Sequence[ServiceSpec], *, stop: asyncio.Event | No
         raise ValueError("no service to run")
     common = CommonSettings()
     configure_logging(common.log_format, common.log_level)
+    configure_schema_base(common.schema_base_uri)
     stop = stop or asyncio.Event()
     _stop_event = stop
     loop = asyncio.get_running_loop()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from skyport.events.envelope import DEFAULT_SCHEMA_BASE, check_schema_base
 
 
 class CommonSettings(BaseSettings):
@@ -53,3 +55,13 @@ class CommonSettings(BaseSettings):
     publish_timeout: float = Field(
         default=10.0, gt=0, description="Seconds a publish may wait for the broker's confirm before it fails."
     )
+    schema_base_uri: str = Field(
+        default=DEFAULT_SCHEMA_BASE,
+        description="Absolute URI under which the event schemas (schemas/v1) are published; every event's "
+        "dataschema is this base and the schema's file name.",
+    )
+
+    @field_validator("schema_base_uri")
+    @classmethod
+    def _absolute_schema_base(cls, value: str) -> str:
+        return check_schema_base(value)

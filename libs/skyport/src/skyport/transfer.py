@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skyport.events.models import ArchiveId, Sha256
+from skyport.events.models import ArchiveId, HeaderMetadata, Sha256
 from skyport.files import check_relative_path
 
 MAX_FILENAME_LENGTH = 255
@@ -40,7 +39,7 @@ class Manifest(BaseModel):
     propid: str = Field(min_length=1)
     obset: str | None = None
     written_at: datetime = Field(description="When the instrument closed the file (for end-to-end latency).")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Header metadata extracted by DEP.")
+    metadata: HeaderMetadata = Field(default_factory=HeaderMetadata, description="Header metadata extracted by DEP.")
     shared_path: str | None = Field(
         default=None,
         description="Shared-filesystem mode: the file's path relative to the shared mount; no content upload.",

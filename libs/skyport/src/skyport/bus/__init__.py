@@ -14,7 +14,6 @@ from skyport.bus.base import (
     PublishTimeout,
     RetryPolicy,
     Subscription,
-    Unroutable,
 )
 from skyport.metrics import BusMetrics
 
@@ -48,6 +47,5 @@ __all__ = [
     "PublishTimeout",
     "RetryPolicy",
     "Subscription",
-    "Unroutable",
     "create_bus",
 ]

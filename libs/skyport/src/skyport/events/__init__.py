@@ -6,7 +6,9 @@ from skyport.events.envelope import (
     CloudEvent,
     EventData,
     InvalidEvent,
+    configure_schema_base,
     parse_lenient,
+    schema_base,
 )
 from skyport.events.models import (
     EVENT_MODELS,
@@ -18,6 +20,7 @@ from skyport.events.models import (
     DatasetPublic,
     DatasetRepro,
     FileArchived,
+    HeaderMetadata,
     IngestCompleted,
     IngestFailed,
     ReproInfo,
@@ -39,11 +42,14 @@ __all__ = [
     "DatasetRepro",
     "EventData",
     "FileArchived",
+    "HeaderMetadata",
     "IngestCompleted",
     "IngestFailed",
     "InvalidEvent",
     "ReproInfo",
     "TransferReceived",
+    "configure_schema_base",
     "decode_event",
     "parse_lenient",
+    "schema_base",
 ]

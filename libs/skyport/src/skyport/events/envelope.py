@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_MAJOR = "v1"
 EXCHANGE = "skyport.v1"
 CONTENT_TYPE = "application/cloudevents+json"
+DEFAULT_SCHEMA_BASE = f"https://skyport.example.org/schemas/{SCHEMA_MAJOR}/"
+
+# Where the exported schemas are published. Process-wide, like the logging configuration: every producer in a
+# process stamps the same base into ``dataschema``, and threading it through every event's construction would
+# put a deployment detail into every handler. Set once at start from the settings (``schema_base_uri``).
+_schema_base = DEFAULT_SCHEMA_BASE
+
+
+def schema_base() -> str:
+    """The absolute URI, ending in ``/``, under which this deployment publishes ``schemas/v1``."""
+    return _schema_base
+
+
+def configure_schema_base(base: str) -> None:
+    """Publish ``dataschema`` URIs under ``base`` (absolute, http or https, as CloudEvents 1.0 requires)."""
+    global _schema_base
+    _schema_base = check_schema_base(base)
+
+
+def check_schema_base(base: str) -> str:
+    """``base`` as a schema base URI (with a trailing ``/``), or ValueError if it is not an absolute http(s) URI."""
+    parsed = urlsplit(base)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ValueError(f"the schema base URI must be an absolute http(s) URI without query or fragment: {base!r}")
+    return base if base.endswith("/") else base + "/"
 
 
 class EventData(BaseModel):
@@ -35,7 +61,8 @@ class EventData(BaseModel):
 
     @classmethod
     def dataschema(cls) -> str:
-        return f"schemas/{SCHEMA_MAJOR}/{cls.event_type}.json"
+        """The absolute URI of this payload's JSON Schema (the ``$id`` of its file in ``schemas/v1``)."""
+        return f"{schema_base()}{cls.event_type}.json"
 
 
 D = TypeVar("D", bound=EventData)
@@ -50,14 +77,21 @@ class CloudEvent(BaseModel, Generic[D]):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    specversion: str = "1.0"
-    id: str = Field(description="Unique per event; consumers deduplicate on it.")
-    source: str = Field(description="The producing service, e.g. /skyport/catalog.")
-    type: str = Field(description="The event type, e.g. dataset.new.")
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1, description="Unique per event; consumers deduplicate on it.")
+    source: str = Field(
+        min_length=1,
+        description="The producing service, e.g. /skyport/catalog.",
+        json_schema_extra={"format": "uri-reference"},
+    )
+    type: str = Field(min_length=1, description="The event type, e.g. dataset.new.")
     time: datetime
-    subject: str | None = None
-    dataschema: str
-    datacontenttype: str = "application/json"
+    subject: str | None = Field(default=None, min_length=1, description="What the event is about, e.g. an archive ID.")
+    dataschema: str = Field(
+        description=f"Absolute URI of the JSON Schema of data, e.g. {DEFAULT_SCHEMA_BASE}dataset.new.json.",
+        json_schema_extra={"format": "uri"},
+    )
+    datacontenttype: Literal["application/json"] = "application/json"
     correlationid: str | None = Field(default=None, description="Follows one file through every hop.")
     data: D
 

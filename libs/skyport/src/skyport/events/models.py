@@ -6,10 +6,10 @@ Within v1 fields are only ever added, and only as optional fields. A breaking ch
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from datetime import date, datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from skyport.events.envelope import EventData
 
@@ -28,6 +28,65 @@ def routing_word(value: str) -> str:
 
 class _Part(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- header metadata ---------------------------------------------------------------------------------
+
+HeaderValue = str | int | float | bool | None
+"""A header keyword's value as JSON carries it: FITS strings, integers, reals and logicals; null when blank."""
+
+DataproductType = Literal["image", "cube", "spectrum", "sed", "timeseries", "visibility", "event", "measurements"]
+
+
+class HeaderMetadata(_Part):
+    """What DEP read from a file's header, by its instrument configuration: the catalog's description of it.
+
+    It travels unchanged in the manifest, ``transfer.received`` and ``file.archived``, so that the catalog (and
+    any consumer) describes a file without reading it. Every field is optional: an instrument configuration
+    says which keywords give which field, and a header may leave a nullable keyword blank. Units are SI or
+    astronomical conventions, named in the field (degrees, seconds, metres).
+    """
+
+    product: str | None = Field(default=None, description="The instrument's product kind, e.g. 'raw', 'cal'.")
+    target_name: str | None = Field(default=None, description="The target as the observer named it.")
+    ra_deg: float | None = Field(
+        default=None, allow_inf_nan=False, description="Right ascension of the target, degrees (ICRS)."
+    )
+    dec_deg: float | None = Field(
+        default=None, ge=-90, le=90, allow_inf_nan=False, description="Declination of the target, degrees (ICRS)."
+    )
+    observed_at: datetime | None = Field(default=None, description="Start of the exposure (UTC).")
+    exptime_s: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="Exposure time, seconds.")
+    filters: list[str] = Field(default_factory=list, description="Filters in the beam ('clear' positions left out).")
+    intent: Literal["science", "calibration"] = "science"
+    release_date: date | None = Field(default=None, description="When the file becomes public, by the mission's rule.")
+    dataproduct_type: DataproductType | None = Field(default=None, description="ObsCore dataproduct_type.")
+    calib_level: int | None = Field(
+        default=None, ge=0, le=4, description="ObsCore calibration level: 1 raw, 2 calibrated, 3 combined, 4 derived."
+    )
+    em_min_m: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Shortest wavelength observed, metres."
+    )
+    em_max_m: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Longest wavelength observed, metres."
+    )
+    software_version: str | None = Field(
+        default=None, description="The pipeline build that made the file, when its header names it."
+    )
+    reference_files: list[str] = Field(
+        default_factory=list, description="Calibration reference files used, when the header names them."
+    )
+    header: dict[str, HeaderValue] = Field(
+        default_factory=dict, description="The keywords the instrument configuration selects for the catalog."
+    )
+
+    @model_validator(mode="after")
+    def _position_is_whole(self) -> Self:
+        if (self.ra_deg is None) != (self.dec_deg is None):
+            raise ValueError("ra_deg and dec_deg come together or not at all")
+        if self.em_min_m is not None and self.em_max_m is not None and self.em_min_m > self.em_max_m:
+            raise ValueError("em_min_m is above em_max_m")
+        return self
 
 
 # --- pipeline commands -------------------------------------------------------------------------------
@@ -50,7 +109,7 @@ class TransferReceived(EventData):
     staged_path: str = Field(description="Where the verified file waits, relative to the staging root.")
     size_bytes: int = Field(ge=0)
     sha256: Sha256
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Header metadata extracted by DEP.")
+    metadata: HeaderMetadata = Field(default_factory=HeaderMetadata, description="Header metadata extracted by DEP.")
     written_at: datetime | None = Field(default=None, description="When the instrument closed the file.")
 
     def subject(self) -> str:
@@ -75,7 +134,7 @@ class FileArchived(EventData):
     sha256: Sha256
     archived_at: datetime
     written_at: datetime | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: HeaderMetadata = Field(default_factory=HeaderMetadata, description="Header metadata extracted by DEP.")
     software_version: str | None = Field(default=None, description="The pipeline build that made the file.")
     reference_files: list[str] = Field(default_factory=list, description="Calibration reference files used.")
     transfer_id: str | None = None

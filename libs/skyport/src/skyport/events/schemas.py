@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from skyport.events.envelope import SCHEMA_MAJOR, CloudEvent, EventData
+from skyport.events.envelope import CloudEvent, EventData, schema_base
 from skyport.events.models import EVENT_MODELS
 
 ENVELOPE_FILE = "cloudevent.json"
+
+# CloudEvents 1.0: extension attribute names are lower-case letters and digits, at most 20 characters (the
+# specification advises it); their values are strings, numbers or booleans.
+_EXTENSION_NAME = "^[a-z0-9]{1,20}$"
 
 
 def _document(schema: dict[str, Any], schema_id: str) -> str:
@@ -17,17 +21,40 @@ def _document(schema: dict[str, Any], schema_id: str) -> str:
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
+def envelope_schema() -> dict[str, Any]:
+    """The JSON Schema of any Skyport event's envelope: CloudEvents 1.0 structured JSON, whatever its ``data``.
+
+    ``data`` is checked against the schema that ``dataschema`` names, not here: a consumer built on an older
+    minor version must still accept an event type added later, and extension attributes it does not know.
+    """
+    schema = CloudEvent[EventData].model_json_schema(mode="validation")
+    schema.pop("$defs", None)
+    schema["title"] = "CloudEvent"
+    schema["description"] = (
+        "One Skyport event, as CloudEvents 1.0 structured JSON. data is validated by the schema named in "
+        "dataschema (one file per event type beside this one)."
+    )
+    schema["properties"]["data"] = {
+        "description": "The event's payload: a JSON object valid against the schema that dataschema names.",
+        "type": "object",
+    }
+    schema["required"] = ["specversion", *(name for name in schema["required"] if name != "specversion")]
+    schema["propertyNames"] = {"pattern": _EXTENSION_NAME}
+    schema["additionalProperties"] = {
+        "description": "An extension attribute.",
+        "type": ["string", "number", "boolean"],
+    }
+    return schema
+
+
 def render_schemas() -> dict[str, str]:
-    """File name → JSON text for every event payload, and the envelope."""
+    """File name → JSON text for every event payload, and the envelope; each ``$id`` is the file's absolute URI."""
+    base = schema_base()
     files = {
-        f"{event_type}.json": _document(
-            model.model_json_schema(mode="validation"), f"schemas/{SCHEMA_MAJOR}/{event_type}.json"
-        )
+        f"{event_type}.json": _document(model.model_json_schema(mode="validation"), model.dataschema())
         for event_type, model in sorted(EVENT_MODELS.items())
     }
-    files[ENVELOPE_FILE] = _document(
-        CloudEvent[EventData].model_json_schema(mode="validation"), f"schemas/{SCHEMA_MAJOR}/{ENVELOPE_FILE}"
-    )
+    files[ENVELOPE_FILE] = _document(envelope_schema(), f"{base}{ENVELOPE_FILE}")
     return files
 
 

@@ -6,6 +6,7 @@ header and reach the same archive ID, level, program and metadata.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 import warnings
@@ -20,6 +21,7 @@ from astropy.coordinates import Angle
 from astropy.io.fits.card import Undefined
 from astropy.time import Time
 
+from skyport.events.models import HeaderMetadata, HeaderValue
 from skyport.fits import InvalidFile
 from skyport.instruments.models import (
     Instrument,
@@ -51,7 +53,7 @@ class Evaluation:
     obset: str | None
     observed_at: datetime  # UTC
     release_date: date
-    metadata: dict[str, Any]  # JSON-serialisable
+    metadata: HeaderMetadata
     product: str = ""
 
 
@@ -344,7 +346,7 @@ def _metadata(
     values: dict[str, Any],
     observed_at: datetime,
     release_date: date,
-) -> dict[str, Any]:
+) -> HeaderMetadata:
     rules = instrument.rules_for(product)
     meta = instrument.metadata
 
@@ -371,26 +373,69 @@ def _metadata(
     if meta.intent is not None:
         intent = meta.intent.intent_of(values.get(meta.intent.keyword))
 
-    selected: dict[str, Any] = {}
+    selected: dict[str, HeaderValue] = {}
     for keyword in (*meta.catalog, *product.catalog):
         if keyword in header:
             selected[keyword] = _json_value(header[keyword])
 
-    return {
-        "product": product.name,
-        "target_name": str(values[meta.target]) if meta.target and meta.target in values else None,
-        "ra_deg": degrees(meta.ra),
-        "dec_deg": degrees(meta.dec),
-        "observed_at": observed_at.isoformat().replace("+00:00", "Z"),
-        "exptime_s": exptime_s,
-        "filters": filters,
-        "intent": intent,
-        "release_date": release_date.isoformat(),
-        "header": selected,
-    }
+    em_min_m, em_max_m = meta.wavelength_m or (None, None)
+    return HeaderMetadata(
+        product=product.name,
+        target_name=str(values[meta.target]) if meta.target and meta.target in values else None,
+        ra_deg=degrees(meta.ra),
+        dec_deg=degrees(meta.dec),
+        observed_at=observed_at,
+        exptime_s=exptime_s,
+        filters=filters,
+        intent=intent,
+        release_date=release_date,
+        dataproduct_type=product.dataproduct_type,
+        calib_level=calib_level_of(product),
+        em_min_m=em_min_m,
+        em_max_m=em_max_m,
+        software_version=_software_version(meta.software_version, header, values),
+        reference_files=_reference_files(meta.reference_files, meta.reference_files_ignore, header),
+        header=selected,
+    )
 
 
-def _json_value(value: Any) -> Any:
+def calib_level_of(product: ProductKind) -> int | None:
+    """The ObsCore calib_level of a product: configured, or its level's leading digit (at least 1).
+
+    Files that reach the archive are FITS, so never ObsCore level 0 (proprietary formats): KECK 0 (raw) and
+    JWST 1b are 1, KECK 2 and JWST 2a/2b are 2, JWST 3 is 3.
+    """
+    if product.calib_level is not None:
+        return product.calib_level
+    if product.level[:1].isdigit():
+        return max(1, min(4, int(product.level[0])))
+    return None
+
+
+def _software_version(keyword: str | None, header: Mapping[str, Any], values: dict[str, Any]) -> str | None:
+    if keyword is None:
+        return None
+    value = values[keyword] if keyword in values else header.get(keyword)
+    return None if is_null(value) else str(value).strip()
+
+
+def _reference_files(patterns: tuple[str, ...], ignore: tuple[str, ...], header: Mapping[str, Any]) -> list[str]:
+    """The reference files the header names, in header order, once each (JWST names unused kinds 'N/A')."""
+    if not patterns:
+        return []
+    ignored = {value.casefold() for value in ignore}
+    found: list[str] = []
+    for keyword in header:
+        if not isinstance(keyword, str) or not any(fnmatch.fnmatchcase(keyword, p) for p in patterns):
+            continue
+        value = header[keyword]
+        name = value.strip() if isinstance(value, str) else ""
+        if name and name.casefold() not in ignored and name not in found:
+            found.append(name)
+    return found
+
+
+def _json_value(value: Any) -> HeaderValue:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import astropy.units as u
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skyport.events.models import DataproductType
 from skyport.files import check_relative_path
 
 if TYPE_CHECKING:
@@ -201,6 +202,32 @@ class MetadataRule(_Frozen):
     )
     intent: IntentRule | None = None
     catalog: tuple[str, ...] = Field(default=(), description="Header keywords copied as they are for the catalog.")
+    software_version: str | None = Field(
+        default=None, description="Keyword naming the software that made the file, e.g. JWST's CAL_VER."
+    )
+    reference_files: tuple[str, ...] = Field(
+        default=(), description="Keywords naming the reference files used; globs allowed, e.g. JWST's 'R_*'."
+    )
+    reference_files_ignore: tuple[str, ...] = Field(
+        default=("N/A", "NONE"), description="Values that mean 'no reference file of this kind', left out."
+    )
+    wavelength_m: tuple[float, float] | None = Field(
+        default=None, description="The instrument's wavelength range [shortest, longest] in metres."
+    )
+
+    @field_validator("reference_files")
+    @classmethod
+    def _keyword_globs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            _check_keyword(pattern.replace("*", "X").replace("?", "X"))
+        return value
+
+    @field_validator("wavelength_m")
+    @classmethod
+    def _wavelength_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"wavelength_m must be [shortest, longest] with 0 < shortest <= longest, not {value}")
+        return value
 
 
 class PrefixRule(_Frozen):
@@ -339,44 +366,6 @@ class MissionSimulation(_Frozen):
     programs: tuple[str, ...] = Field(default=(), description="Programs the night simulator observes for.")
 
 
-# --- when a file is finished ------------------------------------------------------------------------------
-
-
-class CompletionRule(_Frozen):
-    """How the monitor knows the instrument has finished writing a file: a file still being written is never taken.
-
-    - ``rename``: the writer writes under a temporary name (``temporary``) and renames the file into place.
-    - ``marker``: the writer makes a marker file, the file's name plus ``marker_suffix`` (``NAME.fits.done``).
-    - ``signal``: the instrument's software says so (``skyport monitor closed PATH``, KOA's keyword callback).
-    - ``fits``: the FITS structure is complete and declares its extensions (NEXTEND present and every HDU there,
-      or a primary HDU that allows none); a file without NEXTEND waits, reported, for an operator.
-    - ``quiet``: the last resort: the file is unchanged for ``quiet_seconds``, longer than the writer ever pauses.
-
-    Under every rule the file must also look like whole FITS, or be unchanged for the monitor's incomplete timeout
-    (then it is evaluated, so a truncated file is reported rather than waited for).
-    """
-
-    rule: Literal["rename", "marker", "signal", "fits", "quiet"]
-    marker_suffix: str = Field(default=".done", description="The marker rule's marker: the file's name plus this.")
-    temporary: tuple[str, ...] = Field(
-        default=(".*", "*.part", "*.tmp"),
-        description="Globs of the writer's temporary names in the folder: neither taken nor reported.",
-    )
-    quiet_seconds: float | None = Field(
-        default=None, gt=0, description="The quiet rule's period: longer than any pause of the writer."
-    )
-
-    @model_validator(mode="after")
-    def _settings_of_the_rule(self) -> CompletionRule:
-        if self.rule == "quiet" and self.quiet_seconds is None:
-            raise ValueError("the quiet rule needs quiet_seconds (longer than any pause of the instrument's writer)")
-        if self.rule != "quiet" and self.quiet_seconds is not None:
-            raise ValueError("quiet_seconds belongs to the quiet rule only")
-        if not self.marker_suffix.startswith(".") or "/" in self.marker_suffix or len(self.marker_suffix) < 2:
-            raise ValueError(f"marker_suffix {self.marker_suffix!r} must be a suffix such as '.done'")
-        return self
-
-
 # --- products, instruments, missions --------------------------------------------------------------------
 
 
@@ -393,6 +382,10 @@ class ProductKind(_Frozen):
         default_factory=dict, description="Rules for this product only, added to (or replacing) the instrument's."
     )
     catalog: tuple[str, ...] = Field(default=(), description="Extra keywords for the catalog for this product.")
+    calib_level: int | None = Field(
+        default=None, ge=0, le=4, description="ObsCore calib_level; by default the level's leading digit (at least 1)."
+    )
+    dataproduct_type: DataproductType | None = Field(default=None, description="ObsCore dataproduct_type.")
     simulate: ProductSimulation | None = None
 
     def __hash__(self) -> int:  # the rule dicts are not hashable; these fields identify a product
@@ -480,10 +473,6 @@ class Instrument(_Frozen):
         default=None,
         description="Overrides the mission's release rule; the catalog fills in the mission's when this is absent.",
     )
-    completion: CompletionRule = Field(
-        default=CompletionRule(rule="fits"),
-        description="How the monitor knows a file is finished; every shipped configuration states its choice.",
-    )
     simulate: InstrumentSimulation = InstrumentSimulation()
     source: str = Field(default="", description="The file it was read from.")
 
@@ -562,6 +551,8 @@ class Instrument(_Frozen):
                 need("filename.keywords", keyword, set(KeywordType))
         for keyword in meta.catalog:
             _check_keyword(keyword)
+        if meta.software_version is not None:
+            _check_keyword(meta.software_version)
 
     def rules_for(self, product: ProductKind) -> dict[str, KeywordRule]:
         """The keyword rules for one product: the instrument's, with the product's added or replacing them."""
