@@ -57,8 +57,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-schemas: install  ## export the event JSON Schemas into schemas/v1
+schemas: install  ## export the event JSON Schemas into schemas/v1, and the bus topology into deploy/rabbitmq
 	$(BIN)/skyport schemas --out schemas/v1
+	$(BIN)/skyport topology --bus-url amqp://skyport:skyport@rabbitmq:5672/ --out deploy/rabbitmq/definitions.json
 
 bench: install services  ## benchmarks that print figures (not tests)
 	$(BIN)/python bench/bus.py

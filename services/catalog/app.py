@@ -12,11 +12,12 @@ from services.catalog.handlers.http import CatalogApi
 from services.catalog.releases import ReleaseScheduler
 from services.catalog.settings import CatalogSettings
 from skyport.bus import Batching, Subscription
+from skyport.bus.topology import CATALOG_FILE_ARCHIVED
 from skyport.db import Database, idempotent, idempotent_batch
 from skyport.events import FileArchived
 from skyport.runtime import ServiceContext, ServiceSpec
 
-QUEUE = "catalog.file-archived"
+QUEUE = CATALOG_FILE_ARCHIVED.name
 CONSUMER = "catalog"
 """The name under which handled file.archived event ids are recorded (skyport.db.idempotency)."""
 
@@ -27,7 +28,7 @@ def file_archived_subscription(
     settings: CatalogSettings,
     *,
     queue: str = QUEUE,
-    bindings: tuple[str, ...] = (FileArchived.event_type,),
+    bindings: tuple[str, ...] = CATALOG_FILE_ARCHIVED.bindings,
 ) -> Subscription:
     """The file.archived consumer: batches of ``catalog_batch_size`` events per transaction, or one event per
     transaction when that is 1; a failed batch is catalogued again one event at a time (see skyport.bus.Batching).

@@ -11,12 +11,13 @@ from services.ingestor.archive import ArchiveStorage
 from services.ingestor.ingest import Ingestor
 from services.ingestor.settings import IngestorSettings
 from skyport.bus import Subscription
+from skyport.bus.topology import INGESTOR_TRANSFER_RECEIVED
 from skyport.db import idempotent
 from skyport.events import TransferReceived
 from skyport.instruments import load_instruments
 from skyport.runtime import ServiceContext, ServiceSpec
 
-QUEUE = "ingestor.transfer-received"
+QUEUE = INGESTOR_TRANSFER_RECEIVED.name
 
 
 @asynccontextmanager
@@ -30,7 +31,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     await ctx.subscribe(
         Subscription(
             QUEUE,
-            (TransferReceived.event_type,),
+            INGESTOR_TRANSFER_RECEIVED.bindings,
             idempotent(ctx.database, "ingestor", ingestor.handle),
             models={TransferReceived.event_type: TransferReceived},
             prefetch=settings.ingest_concurrency,

@@ -11,11 +11,12 @@ from services.receiver.handlers.events import on_ingest_result
 from services.receiver.handlers.http import ReceiverMetrics, TransferApi
 from services.receiver.settings import ReceiverSettings
 from skyport.bus import Subscription
+from skyport.bus.topology import RECEIVER_INGEST_RESULTS
 from skyport.db import idempotent
 from skyport.events import IngestCompleted, IngestFailed
 from skyport.runtime import ServiceContext, ServiceSpec
 
-RESULTS_QUEUE = "receiver.ingest-results"
+RESULTS_QUEUE = RECEIVER_INGEST_RESULTS.name
 
 
 @asynccontextmanager
@@ -28,7 +29,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     await ctx.subscribe(
         Subscription(
             RESULTS_QUEUE,
-            ("ingest.completed", "ingest.failed"),
+            RECEIVER_INGEST_RESULTS.bindings,
             idempotent(ctx.database, "receiver", on_ingest_result),
             models={m.event_type: m for m in (IngestCompleted, IngestFailed)},
         )

@@ -9,11 +9,22 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import pytest
 
-from skyport.bus import Batching, Bus, OutgoingMessage, PermanentError, RetryPolicy, Subscription, create_bus
+from skyport.bus import (
+    Batching,
+    Bus,
+    OutgoingMessage,
+    PermanentError,
+    RetryPolicy,
+    Subscription,
+    Unroutable,
+    create_bus,
+)
 from skyport.bus.memory import broker_for
-from skyport.events import CloudEvent, DatasetNew, IngestFailed
+from skyport.bus.topology import WorkQueue
+from skyport.events import EXCHANGE, CloudEvent, DatasetNew, IngestFailed
 from tests.support.broker import close_connections_named
 from tests.support.servers import AMQP_URL
 from tests.support.waiting import eventually
@@ -41,6 +52,20 @@ class Harness:
             broker_for(self.url).drop_connections()
         else:
             assert await close_connections_named(f"skyport {self.name}") >= 1
+
+    async def set_binding(self, queue: str, pattern: str, *, bound: bool) -> None:
+        """Add or remove one binding of a queue, as an operator (or a deployment that lacks a consumer) would."""
+        if self.kind == "memory":
+            bindings = broker_for(self.url).queues[queue].bindings
+            if bound:
+                bindings.add(pattern)
+            else:
+                bindings.discard(pattern)
+            return
+        async with await aio_pika.connect(self.url) as connection:
+            channel = await connection.channel()
+            declared = await channel.get_queue(queue)
+            await (declared.bind(EXCHANGE, pattern) if bound else declared.unbind(EXCHANGE, pattern))
 
     async def cleanup_dead_letters(self, ids: set[str]) -> None:
         if self.buses and ids:
@@ -126,6 +151,49 @@ async def test_a_confirmed_publish_is_delivered_with_its_envelope_intact(harness
     await eventually(lambda: len(recorder.events) == 1, what="the event")
     assert recorder.events[0] == event
     assert event.routing_key() == f"dataset.new.m{unique}.2b.2026b_u123"
+
+
+async def test_a_command_that_no_queue_takes_is_a_publish_error_not_a_silent_drop(
+    harness: Harness, unique: str
+) -> None:
+    bus = await harness.bus()
+
+    with pytest.raises(Unroutable):
+        await bus.publish(failed(unique), routing_key=f"test.{unique}.nobody")  # ingest.failed: a command
+
+    # A data event is news for whoever listens: nobody listening is not an error.
+    await bus.publish(dataset_new(f"nobody{unique}", "2b", "1011"))
+
+
+async def test_a_command_published_before_its_consumer_starts_waits_in_the_declared_queue(
+    harness: Harness, unique: str
+) -> None:
+    bus = await harness.bus()
+    key = f"test.{unique}"
+    await bus.declare_queues([WorkQueue("test", f"{unique}.work", (key,), "a queue declared up front")])
+    event = failed(unique)
+
+    await bus.publish(event, routing_key=key)  # no consumer yet: the queue holds it
+    recorder = Recorder()
+    await bus.subscribe(Subscription(f"{unique}.work", (key,), recorder))
+
+    await eventually(lambda: recorder.ids == {event.id}, what="the command published before its consumer started")
+
+
+async def test_a_removed_binding_makes_a_command_unroutable_until_it_is_back(harness: Harness, unique: str) -> None:
+    bus = await harness.bus()
+    key = f"test.{unique}"
+    recorder = Recorder()
+    await bus.subscribe(Subscription(f"{unique}.q", (key,), recorder))
+    await harness.set_binding(f"{unique}.q", key, bound=False)
+
+    with pytest.raises(Unroutable):
+        await bus.publish(failed(unique), routing_key=key)
+
+    await harness.set_binding(f"{unique}.q", key, bound=True)
+    event = failed(unique)
+    await bus.publish(event, routing_key=key)
+    await eventually(lambda: recorder.ids == {event.id}, what="the command once its binding is back")
 
 
 async def test_a_failing_handler_gets_the_message_again_until_it_succeeds(harness: Harness, unique: str) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from skyport.bus import Bus, OutgoingMessage, Subscription
+from skyport.bus import Bus, OutgoingMessage, Subscription, Unroutable
+from skyport.bus.amqp import AmqpBus
 from skyport.db import Database, OutboxRelay, enqueue, enqueue_many, idempotent, idempotent_batch
-from skyport.events import CloudEvent, IngestCompleted
+from skyport.events import EXCHANGE, CloudEvent, IngestCompleted
 from tests.support.catalog import Received
 from tests.support.waiting import eventually
 
@@ -38,6 +39,7 @@ class CrashBeforePublish(Bus):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def subscribe(self, subscription: Subscription) -> None: ...
+    async def declare_queues(self, queues: Any) -> None: ...
     async def stop_consuming(self, timeout: float) -> None: ...
     async def ping(self) -> bool:
         return True
@@ -183,7 +185,11 @@ async def test_only_one_relay_publishes_for_a_schema(database: Database, bus: Bu
 
 
 async def _is_zero(value: Any) -> bool:
-    return await value == 0
+    return bool(await value == 0)
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
 
 
 async def test_a_batch_is_handled_once_per_event_however_it_is_redelivered(database: Database, unique: str) -> None:
@@ -247,3 +253,70 @@ async def test_events_enqueued_together_are_published_in_their_order(database: D
     rows = await database.pool.fetch("SELECT event_id, subject, routing_key, correlation_id FROM outbox ORDER BY id")
     assert [r["event_id"] for r in rows] == [e.id for e in events]
     assert {(r["subject"], r["routing_key"]) for r in rows} == {(events[0].subject, events[0].routing_key())}
+
+
+class RecordingBus(AmqpBus):
+    """The real AMQP bus, noting each publish the broker refused as unroutable."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, service="test-outbox")
+        self.unroutable: list[str] = []
+
+    async def publish_message(self, message: OutgoingMessage) -> None:
+        try:
+            await super().publish_message(message)
+        except Unroutable:
+            self.unroutable.append(message.message_id)
+            raise
+
+
+async def test_a_command_whose_binding_was_removed_stays_in_the_outbox_until_the_route_is_back(
+    database: Database, amqp_url: str, unique: str
+) -> None:
+    key = f"test.{unique}.ingest.completed"
+    received = Received()
+    bus = RecordingBus(amqp_url)
+    await bus.start()
+    relay: asyncio.Task[None] | None = None
+    try:
+        await bus.subscribe(Subscription(f"{unique}.q", (key,), received))
+        channel = await bus.connection.channel()
+        queue = await channel.get_queue(f"{unique}.q")
+        await queue.unbind(EXCHANGE, key)  # an operator's mistake, or a consumer not deployed yet
+        event = completed(f"A{unique}")  # ingest.completed: a command, published as mandatory
+        async with database.transaction() as conn:
+            await enqueue(conn, event, routing_key=key)
+
+        relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.1, max_retry_delay=0.5).run())
+        await eventually(lambda: bus.unroutable.count(event.id) >= 2, what="the relay to try, fail, and try again")
+        assert await _unsent(database) == 1  # kept, not marked sent as before when the broker dropped it
+        assert received.events == []
+
+        await queue.bind(EXCHANGE, key)
+        await eventually(lambda: received.ids == Counter({event.id: 1}), what="the event once the route is back")
+        await eventually(lambda: _is_zero(_unsent(database)), what="the row marked sent")
+        await channel.close()
+    finally:
+        if relay is not None:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+        await bus.close()
+
+
+async def test_a_held_command_does_not_hold_back_other_subjects(database: Database, bus: Bus, unique: str) -> None:
+    received = Received()
+    routed, nowhere = f"test.{unique}.routed", f"test.{unique}.nowhere"
+    await bus.subscribe(Subscription(f"{unique}.q", (routed,), received))
+    stuck, others = completed(f"A{unique}"), [completed(f"B{unique}"), completed(f"C{unique}")]
+    async with database.transaction() as conn:
+        await enqueue(conn, stuck, routing_key=nowhere)
+        for event in others:
+            await enqueue(conn, event, routing_key=routed)
+
+    relay = asyncio.create_task(OutboxRelay(database, bus, poll_interval=0.1).run())
+    try:
+        await eventually(lambda: received.ids == Counter({e.id: 1 for e in others}), what="the routable events")
+        await eventually(lambda: _equals(_unsent(database), 1), what="only the unroutable row left unsent")
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)

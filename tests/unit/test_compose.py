@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
+from skyport.bus.topology import rabbitmq_definitions, user_from_bus_url
 from skyport.settings import CommonSettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+RABBITMQ_DEFINITIONS = REPO / "deploy" / "rabbitmq" / "definitions.json"
+RABBITMQ_CONF = REPO / "deploy" / "rabbitmq" / "rabbitmq.conf"
 ENV_PREFIX = "SKYPORT_"
 DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 # An extension field (x-...) with one of these keys is a template for services, not a mapping of variables.
@@ -307,6 +310,25 @@ def test_compose_file_runs_the_broker_the_database_and_the_migrations() -> None:
     assert {"rabbitmq", "postgres", "migrate"} <= services.keys()
     assert services["migrate"]["command"] == ["migrate"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # `migrate` declares the bus topology too.
+    assert services["migrate"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+
+def test_the_rabbitmq_definitions_are_the_topology_for_the_services_user() -> None:
+    """Fails when skyport.bus.topology changed and `make schemas` was not run (or the file was edited by hand)."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    user, vhost = user_from_bus_url(compose["x-skyport-environment"]["SKYPORT_BUS_URL"])
+
+    assert json.loads(RABBITMQ_DEFINITIONS.read_text()) == rabbitmq_definitions(vhost=vhost, users=[user])
+
+
+def test_the_broker_container_loads_the_definitions_at_boot() -> None:
+    rabbitmq = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["rabbitmq"]
+    mounts = {source: target for source, target, *_ in (str(v).split(":") for v in rabbitmq["volumes"])}
+    lines = [line.split("=", 1) for line in RABBITMQ_CONF.read_text().splitlines() if "=" in line and line[0] != "#"]
+    settings = {key.strip(): value.strip() for key, value in lines}
+
+    assert settings["load_definitions"] == mounts["./deploy/rabbitmq/definitions.json"]
 
 
 def test_a_service_container_made_from_the_template_passes(repo_settings: set[str]) -> None:

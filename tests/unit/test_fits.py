@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import threading
@@ -18,8 +19,11 @@ from skyport.fits import (
     FITS_BLOCK,
     DataSum,
     InvalidFile,
+    Structure,
     checksum_value,
     looks_complete,
+    not_fits_reason,
+    probe_structure,
     read_header,
     sha256_file,
     verify_fits,
@@ -225,3 +229,44 @@ def test_streaming_checksums_equal_astropy(dtype: str) -> None:
 
     assert datasum.value == int(hdu.header["DATASUM"])
     assert checksum_value(header.tostring().encode("ascii"), datasum.value) == hdu.header["CHECKSUM"]
+
+
+def test_an_unparsable_header_card_is_a_reason_never_an_exception(tmp_path: Path, catalog: InstrumentCatalog) -> None:
+    simulated = Simulator(catalog, tmp_path, seed=21).write_file("HIRES", size_bytes=60_000)
+    data = bytearray(simulated.path.read_bytes())
+    start = data.index(b"NEXTEND =")
+    data[start : start + 80] = b"NEXTEND =                  abc".ljust(80)  # astropy: VerifyError on reading it
+    simulated.path.write_bytes(bytes(data))
+
+    assert not looks_complete(simulated.path)
+    structure = probe_structure(simulated.path)
+    assert structure.broken is not None
+    assert "NEXTEND card cannot be parsed" in structure.broken
+    with pytest.raises(InvalidFile, match="NEXTEND card cannot be parsed"):
+        verify_fits(simulated.path)
+
+
+def test_probe_structure_says_whether_a_file_declares_its_extensions(
+    tmp_path: Path, catalog: InstrumentCatalog
+) -> None:
+    sim = Simulator(catalog, tmp_path, seed=22)
+    declared = sim.write_file("HIRES", size_bytes=60_000)
+    undeclared = sim.write_file("HIRES", size_bytes=60_000, nextend=False)
+    assert probe_structure(declared.path) == Structure(complete=True, declared=True)
+    assert probe_structure(undeclared.path) == Structure(complete=True, declared=False)
+
+    content = declared.path.read_bytes()
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(content[: len(content) // 2 // FITS_BLOCK * FITS_BLOCK])
+    structure = probe_structure(cut)
+    assert (structure.complete, structure.broken) == (False, None)
+    assert structure.waiting_for is not None
+
+
+def test_gzip_data_behind_a_fits_name_is_refused_with_a_reason_that_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "hires0001.fits"
+    _write_astropy_file(tmp_path / "plain.fits")
+    path.write_bytes(gzip.compress((tmp_path / "plain.fits").read_bytes()))
+    assert probe_structure(path).broken == not_fits_reason(path.read_bytes()[:9])
+    with pytest.raises(InvalidFile, match=r"gzip-compressed data.*compressed FITS is not configured"):
+        verify_fits(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from skyport import simulator
-from skyport.bus import create_bus
+from skyport.bus import create_bus, topology
 from skyport.db.migrations import MigrationChanged, SchemaBehind
 from skyport.errors import Unreachable
 from skyport.logging import configure_logging
@@ -75,13 +75,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     names = args.services or available_services()
-    specs = [spec for spec in map(load_service, names) if spec.migrations is not None]
+    loaded = [load_service(name) for name in names]
+    specs = [spec for spec in loaded if spec.migrations is not None]
     settings = CommonSettings()
 
     async def main() -> None:
         for spec in specs:
             applied = await migrate(spec, settings)
             print(f"{spec.name}: {len(applied)} migration(s) applied" + (f" ({', '.join(applied)})" if applied else ""))
+        # The bus too: a command published before its consumer first starts waits in its queue instead of vanishing.
+        queues = await topology.apply_topology(settings.bus_url, {spec.name for spec in loaded})
+        print(f"bus: exchanges, dead letters and {len(queues)} work queue(s) declared")
 
     asyncio.run(main())
     return 0
@@ -207,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--check", action="store_true", help="fail when the files and the models disagree")
     schemas.set_defaults(func=_cmd_schemas)
 
+    definitions = commands.add_parser("topology", help="print the bus topology as RabbitMQ definitions (JSON)")
+    topology.add_arguments(definitions)
+    definitions.set_defaults(func=topology.main)
     return parser
 
 

@@ -2,8 +2,9 @@
 
 Three questions are asked of every file an instrument writes, from cheapest to dearest:
 
-- :func:`looks_complete`: has the writer finished?  Reads only header blocks (a few kilobytes even for a 2 GB
-  file) and checks that the last HDU's data end exactly where the file ends.
+- :func:`looks_complete` (and :func:`probe_structure`, which says more): has the writer finished?  Reads only
+  header blocks (a few kilobytes even for a 2 GB file) and checks that the last HDU's data end exactly where the
+  file ends, and whether the file declares how many extensions it has.
 - :func:`verify_fits`: is the file sound?  Opens it with astropy (memory-mapped, so a 2 GB file is never read into
   memory), reads every HDU, and verifies ``CHECKSUM``/``DATASUM`` where the writer put them.  A bad file raises
   :class:`InvalidFile` with a reason a person can act on.
@@ -123,7 +124,46 @@ class _HduLayout:
 
 
 class _BadStructure(Exception):
-    """The bytes do not (yet) form a whole FITS file; the message says why."""
+    """The bytes do not (yet) form a whole FITS file; the message says why.
+
+    ``final`` when no further writing can mend it (not FITS at all, an unparsable card in a finished header): a
+    monitor need not wait for such a file, only report it.
+    """
+
+    def __init__(self, reason: str, *, final: bool = False) -> None:
+        super().__init__(reason)
+        self.final = final
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What the header blocks of a file say about its writer (see :func:`probe_structure`)."""
+
+    complete: bool  # every HDU the headers describe is there, and the file ends where the last one ends
+    declared: bool  # complete, and the file says nothing more follows: NEXTEND met, or no extension allowed
+    broken: str | None = None  # a fault no further writing can mend (the reason): report it, do not wait
+    waiting_for: str | None = None  # why the file is not complete yet
+
+
+# Compressed data where FITS was expected: the first bytes of each format.
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+)
+
+
+def not_fits_reason(first_bytes: bytes) -> str:
+    """Why a file that does not start with ``SIMPLE =`` is not FITS, naming compressed data when it is that."""
+    for magic, kind in _COMPRESSED_MAGIC:
+        if first_bytes.startswith(magic):
+            return (
+                f"not a FITS file: it holds {kind}-compressed data (compressed FITS is not configured for this "
+                "instrument; the instrument must write plain FITS, or tile-compressed .fits.fz named by its pattern)"
+            )
+    return "not a FITS file: it does not start with the card SIMPLE = T"
 
 
 def padded_size(size: int) -> int:
@@ -178,19 +218,20 @@ def _read_header_bytes(stream: BinaryIO, offset: int, size: int, index: int) -> 
             start = _PRIMARY_START if index == 0 else _EXTENSION_START
             if not block.startswith(start):
                 if index == 0:
-                    raise _BadStructure("not a FITS file: it does not start with the card SIMPLE = T")
+                    raise _BadStructure(not_fits_reason(block), final=True)
                 raise _BadStructure(
-                    f"{size - offset} bytes after HDU {index - 1} are not an extension (no XTENSION card)"
+                    f"{size - offset} bytes after HDU {index - 1} are not an extension (no XTENSION card)", final=True
                 )
         elif block.startswith(_EXTENSION_START) or _NOT_HEADER_TEXT.search(block):
             # Header cards are printable ASCII: binary bytes or the next extension mean the END card is missing.
             raise _BadStructure(
-                f"{unterminated}: it runs into the data or the next HDU (or holds bytes that are not printable ASCII)"
+                f"{unterminated}: it runs into the data or the next HDU (or holds bytes that are not printable ASCII)",
+                final=True,
             )
         blocks.append(block)
         if any(block[i : i + CARD_LENGTH] == _END_CARD for i in range(0, FITS_BLOCK, CARD_LENGTH)):
             return b"".join(blocks)
-    raise _BadStructure(f"{unterminated} in its first {MAX_HEADER_BLOCKS} blocks")
+    raise _BadStructure(f"{unterminated} in its first {MAX_HEADER_BLOCKS} blocks", final=True)
 
 
 def _walk_hdus(stream: BinaryIO, size: int) -> list[_HduLayout]:
@@ -202,16 +243,21 @@ def _walk_hdus(stream: BinaryIO, size: int) -> list[_HduLayout]:
     while offset < size:
         index = len(layouts)
         header_bytes = _read_header_bytes(stream, offset, size, index)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # card-format quibbles are verify_fits's business, not the layout's
-            header = astropy_fits.Header.fromstring(header_bytes)
-        name = _hdu_name(header, index)
-        if index == 0 and header.get("SIMPLE") is not True:
-            raise _BadStructure("not a standard FITS file: SIMPLE is not T")
+        # A finished header whose layout cards astropy cannot parse (NAXIS1 = abc) is final: appending mends nothing.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # card-format quibbles are verify_fits's business, not the layout's
+                header = astropy_fits.Header.fromstring(header_bytes)
+            name = _hdu_name(header, index)
+            simple = header.get("SIMPLE") if index == 0 else True
+        except (ValueError, VerifyError) as exc:
+            raise _BadStructure(f"HDU {index}: its header cannot be parsed: {exc}", final=True) from None
+        if simple is not True:
+            raise _BadStructure("not a standard FITS file: SIMPLE is not T", final=True)
         try:
             data_size = data_size_from_header(header)
-        except ValueError as exc:
-            raise _BadStructure(f"HDU {index} ({name}): {exc}") from None
+        except (ValueError, VerifyError) as exc:
+            raise _BadStructure(f"HDU {index} ({name}): {exc}", final=True) from None
         data_offset = offset + len(header_bytes)
         end = data_offset + padded_size(data_size)
         if end > size:
@@ -223,19 +269,74 @@ def _walk_hdus(stream: BinaryIO, size: int) -> list[_HduLayout]:
         offset = end
     # NEXTEND is not mandatory, but a writer that states it tells how many extensions must follow: a file cut
     # at an HDU boundary is otherwise a valid FITS file.
-    expected = layouts[0].header.get("NEXTEND")
-    if isinstance(expected, int) and not isinstance(expected, bool) and len(layouts) - 1 < expected:
+    expected = _nextend(layouts[0].header)
+    if expected is not None and len(layouts) - 1 < expected:
         raise _BadStructure(
             f"the file is truncated: NEXTEND = {expected} but the file ends after {len(layouts) - 1} extension(s)"
         )
     return layouts
 
 
+def _nextend(header: Any) -> int | None:
+    """The primary header's NEXTEND, None when absent; an unparsable or non-integer one is a final fault."""
+    try:
+        value = header.get("NEXTEND")
+    except (ValueError, VerifyError) as exc:
+        raise _BadStructure(f"the primary header's NEXTEND card cannot be parsed: {exc}", final=True) from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _BadStructure(f"NEXTEND = {value!r} is not a number of extensions", final=True)
+    return value
+
+
 def _hdu_name(header: Mapping[str, Any], index: int) -> str:
-    extname = header.get("EXTNAME")
+    try:
+        extname = header.get("EXTNAME")
+    except (ValueError, VerifyError):
+        extname = None
     if isinstance(extname, str) and extname.strip():
         return extname.strip()
     return "PRIMARY" if index == 0 else f"extension {index}"
+
+
+def probe_structure(path: Path) -> Structure:
+    """How far the writer of ``path`` has come, from its header blocks alone (cheap: run it on every change).
+
+    ``complete`` as :func:`looks_complete` says; ``declared`` when the file also says that nothing more follows:
+    the primary header has NEXTEND and that many extensions are there, or it allows no extension at all (EXTEND
+    absent or F).  Without NEXTEND a file cut at an HDU boundary by a pausing writer is a valid FITS file, so only
+    a declared file proves the writer finished.  ``broken`` names a fault that no further writing can mend.
+    Raises :class:`FileNotFoundError` when the file is gone.
+    """
+    size = os.stat(path).st_size
+    try:
+        if size == 0:
+            return Structure(False, False, waiting_for="the file is empty (0 bytes)")
+        with open(path, "rb") as stream:
+            start = stream.read(len(_PRIMARY_START))
+            if not _PRIMARY_START.startswith(start[: len(_PRIMARY_START)]):
+                return Structure(False, False, broken=not_fits_reason(start))
+            if size % FITS_BLOCK:
+                return Structure(False, False, waiting_for=f"its size, {size} bytes, is not a multiple of {FITS_BLOCK}")
+            layouts = _walk_hdus(stream, size)
+        primary = layouts[0]
+        if len(layouts) == 1 and primary.data_size == 0 and _extend(primary.header):
+            return Structure(False, False, waiting_for="only the primary header so far: the extensions it announces")
+        nextend = _nextend(primary.header)
+        declared = nextend == len(layouts) - 1 if nextend is not None else not _extend(primary.header)
+        return Structure(True, declared)
+    except _BadStructure as exc:
+        if exc.final:
+            return Structure(False, False, broken=str(exc))
+        return Structure(False, False, waiting_for=str(exc))
+
+
+def _extend(header: Any) -> bool:
+    try:
+        return header.get("EXTEND") is True
+    except (ValueError, VerifyError):
+        return True  # cannot tell: extensions may follow
 
 
 def looks_complete(path: Path) -> bool:
@@ -252,16 +353,9 @@ def looks_complete(path: Path) -> bool:
     permission error) are raised.
     """
     try:
-        size = os.stat(path).st_size
-        if size == 0 or size % FITS_BLOCK:
-            return False
-        with open(path, "rb") as stream:
-            layouts = _walk_hdus(stream, size)
-        if len(layouts) == 1 and layouts[0].data_size == 0 and layouts[0].header.get("EXTEND") is True:
-            return False  # only the header so far: the extensions it announces are still to come
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, _BadStructure):
+        return probe_structure(path).complete
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return False
-    return True
 
 
 # --- full verification ----------------------------------------------------------------------------------
@@ -280,8 +374,9 @@ def verify_fits(path: Path) -> FitsSummary:
     with open(path, "rb") as stream:
         if size == 0:
             raise InvalidFile("the file is empty (0 bytes)")
-        if not stream.read(len(_PRIMARY_START)) == _PRIMARY_START:
-            raise InvalidFile("not a FITS file: it does not start with the card SIMPLE = T")
+        start = stream.read(len(_PRIMARY_START))
+        if start != _PRIMARY_START:
+            raise InvalidFile(not_fits_reason(start))
         if size % FITS_BLOCK:
             raise InvalidFile(
                 f"the file is truncated or badly padded: its size, {size} bytes, is not a multiple of {FITS_BLOCK}"

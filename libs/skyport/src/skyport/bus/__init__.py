@@ -14,6 +14,7 @@ from skyport.bus.base import (
     PublishTimeout,
     RetryPolicy,
     Subscription,
+    Unroutable,
 )
 from skyport.metrics import BusMetrics
 
@@ -47,5 +48,6 @@ __all__ = [
     "PublishTimeout",
     "RetryPolicy",
     "Subscription",
+    "Unroutable",
     "create_bus",
 ]

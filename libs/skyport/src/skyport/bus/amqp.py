@@ -1,6 +1,6 @@
 """The AMQP bus on RabbitMQ (aio-pika): confirmed publishes, quorum queues, retries, dead letters.
 
-Topology, declared from code at start:
+Topology (:mod:`skyport.bus.topology` declares it; a service declares what it consumes again at start):
 
 - ``skyport.v1``: the topic exchange every event is published to;
 - ``<queue>``: a durable quorum queue per subscription, bound to its topics, whose broker-side delivery
@@ -47,6 +47,7 @@ from skyport.bus.base import (
     PublishError,
     PublishTimeout,
     Subscription,
+    Unroutable,
     Verdict,
     handle_batch,
     handle_delivery,
@@ -55,14 +56,19 @@ from skyport.bus.base import (
     utcnow,
     wait_for_tasks,
 )
+from skyport.bus.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    QUORUM,
+    WorkQueue,
+    queue_arguments,
+    retry_queue_arguments,
+    retry_queue_name,
+)
 from skyport.errors import Unreachable, connect_reason
 from skyport.events import CONTENT_TYPE, EXCHANGE
 from skyport.metrics import BusMetrics
 
-DEAD_LETTER_EXCHANGE = f"{EXCHANGE}.dead-letter"
-DEAD_LETTER_QUEUE = f"{EXCHANGE}.dead-letters"
-REDELIVERY_LIMIT = 20
-_QUORUM = {"x-queue-type": "quorum"}
 _CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -184,12 +190,13 @@ class AmqpBus(Bus):
                 connect_reason(exc, self.connect_timeout),
                 "is RabbitMQ running there, and are the user, password and vhost in SKYPORT_BUS_URL right?",
             ) from exc
-        self._channel = await self._connection.channel(publisher_confirms=True)
+        # A mandatory message that no queue takes comes back and fails its publish (aiormq's PublishError).
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = await self._channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
         dead_letter_exchange = await self._channel.declare_exchange(
             DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        dead_letters = await self._channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=_QUORUM)
+        dead_letters = await self._channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
         await dead_letters.bind(dead_letter_exchange, "#")
 
     async def close(self) -> None:
@@ -207,12 +214,17 @@ class AmqpBus(Bus):
     async def publish_message(self, message: OutgoingMessage) -> None:
         if self._exchange is None:
             raise RuntimeError("the bus is not started")
-        await self._publish(self._exchange, _to_amqp(message), message.routing_key)
+        await self._publish(self._exchange, _to_amqp(message), message.routing_key, mandatory=message.must_be_routed)
         if self.metrics is not None:
             self.metrics.published.labels(self.service, message.event_type).inc()
 
-    async def _publish(self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str) -> None:
-        """Publish with a confirm; wait through a reconnect; raise on a nack or when the deadline passes.
+    async def _publish(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, *, mandatory: bool = False
+    ) -> None:
+        """Publish with a confirm; wait through a reconnect; raise on a nack, a return, or past the deadline.
+
+        ``mandatory`` needs a channel opened with ``on_return_raises``: the broker returns such a message when no
+        queue takes it, and the publish raises :class:`Unroutable` instead of reporting a drop as a success.
 
         A publish whose confirm was lost with the connection is sent again: the consumer may see it
         twice, which idempotent consumers absorb, but the broker never silently loses it.
@@ -225,8 +237,10 @@ class AmqpBus(Bus):
                 raise PublishTimeout(f"no confirm for {routing_key!r} within {self.publish_timeout:g}s")
             try:
                 # aiormq enforces the timeout itself; an asyncio.wait_for around it would cost a task per publish.
-                await exchange.publish(message, routing_key, mandatory=False, timeout=remaining)
+                await exchange.publish(message, routing_key, mandatory=mandatory, timeout=remaining)
                 return
+            except aiormq.exceptions.PublishError as exc:
+                raise Unroutable(f"no queue takes {routing_key!r} on exchange {exchange.name!r}") from exc
             except aiormq.exceptions.DeliveryError as exc:
                 raise PublishError(f"broker refused {routing_key!r}: {exc}") from exc
             except TimeoutError as exc:
@@ -235,34 +249,22 @@ class AmqpBus(Bus):
                 log.info("publish interrupted by a lost connection, retrying", error=repr(exc))
                 await asyncio.sleep(min(0.1, max(remaining, 0)))
 
+    async def declare_queues(self, queues: Collection[WorkQueue]) -> None:
+        channel = await self.connection.channel()
+        try:
+            exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+            for queue in queues:
+                await _declare(channel, exchange, queue.name, queue.bindings, transient=False)
+        finally:
+            await channel.close()
+
     # --- consuming ----------------------------------------------------------------------------------
 
     async def subscribe(self, subscription: Subscription) -> None:
         channel = await self.connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=subscription.prefetch)
         exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        # Durable quorum queues for work; a transient subscription's queues are this connection's alone.
-        kind: dict[str, Any] = (
-            {"durable": False, "exclusive": True, "auto_delete": True} if subscription.transient else {"durable": True}
-        )
-        quorum: dict[str, Any] = {} if subscription.transient else _QUORUM
-        limit: dict[str, Any] = {} if subscription.transient else {"x-delivery-limit": REDELIVERY_LIMIT}
-        queue = await channel.declare_queue(
-            subscription.queue, **kind, arguments={**quorum, "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, **limit}
-        )
-        await channel.declare_queue(
-            _retry_queue(subscription.queue),
-            **kind,
-            arguments={
-                **quorum,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": subscription.queue,
-                "x-overflow": "reject-publish",
-                **({} if subscription.transient else {"x-dead-letter-strategy": "at-least-once"}),
-            },
-        )
-        for pattern in subscription.bindings:
-            await queue.bind(exchange, pattern)
+        queue = await _declare(channel, exchange, subscription.queue, subscription.bindings, subscription.transient)
         consumer = _Consumer(subscription, channel, queue)
         if subscription.batching is None:
             consumer.tag = await queue.consume(functools.partial(self._on_message, consumer))
@@ -347,7 +349,7 @@ class AmqpBus(Bus):
         if outcome.verdict is Verdict.RETRY:
             retry = _copy(message, {ATTEMPT_HEADER: attempt + 1})
             retry.expiration = outcome.delay
-            await self._publish(consumer.channel.default_exchange, retry, _retry_queue(consumer.subscription.queue))
+            await self._publish(consumer.channel.default_exchange, retry, retry_queue_name(consumer.subscription.queue))
         elif outcome.verdict is Verdict.DEAD:
             dead = _copy(
                 message,
@@ -384,7 +386,7 @@ class AmqpBus(Bus):
         letters: list[DeadLetter] = []
         channel = await self.connection.channel()
         try:
-            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=_QUORUM)
+            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
             while len(letters) < limit:
                 message = await queue.get(no_ack=False, fail=False)
                 if message is None:
@@ -395,29 +397,36 @@ class AmqpBus(Bus):
         return letters
 
     async def replay_dead_letters(self, message_ids: Collection[str] | None = None) -> int:
-        async def replay(channel: AbstractChannel, message: AbstractIncomingMessage, letter: DeadLetter) -> None:
+        async def replay(channel: AbstractChannel, message: AbstractIncomingMessage, letter: DeadLetter) -> bool:
             fresh = _copy(message, {ATTEMPT_HEADER: 1}, drop=(REASON_HEADER, QUEUE_HEADER, FAILED_AT_HEADER))
-            # Straight to the queue that failed it: the other subscribers already have the event.
-            await self._publish(channel.default_exchange, fresh, letter.queue)
+            # Straight to the queue that failed it: the other subscribers already have the event. Mandatory: if
+            # that queue is gone, the letter stays a dead letter rather than vanish.
+            try:
+                await self._publish(channel.default_exchange, fresh, letter.queue, mandatory=True)
+            except Unroutable:
+                log.warning("dead letter kept: its queue is gone", message_id=letter.message_id, queue=letter.queue)
+                return False
+            return True
 
         return await self._take_dead_letters(message_ids, replay)
 
     async def drop_dead_letters(self, message_ids: Collection[str]) -> int:
-        async def drop(channel: AbstractChannel, message: AbstractIncomingMessage, letter: DeadLetter) -> None:
+        async def drop(channel: AbstractChannel, message: AbstractIncomingMessage, letter: DeadLetter) -> bool:
             log.info("dead letter dropped", message_id=letter.message_id, queue=letter.queue)
+            return True
 
         return await self._take_dead_letters(message_ids, drop)
 
     async def _take_dead_letters(
         self,
         message_ids: Collection[str] | None,
-        action: Callable[[AbstractChannel, AbstractIncomingMessage, DeadLetter], Awaitable[None]],
+        action: Callable[[AbstractChannel, AbstractIncomingMessage, DeadLetter], Awaitable[bool]],
     ) -> int:
-        """Apply ``action`` to the chosen dead letters, then remove them; leave the others in place."""
+        """Apply ``action`` to the chosen dead letters, then remove those it took; leave the others in place."""
         taken = 0
-        channel = await self.connection.channel(publisher_confirms=True)
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
-            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=_QUORUM)
+            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
             for _ in range(queue.declaration_result.message_count or 0):
                 message = await queue.get(no_ack=False, fail=False)
                 if message is None:
@@ -425,9 +434,9 @@ class AmqpBus(Bus):
                 letter = _dead_letter(message)
                 if message_ids is not None and letter.message_id not in message_ids:
                     continue  # stays unacknowledged, and returns to the queue when the channel closes
-                await action(channel, message, letter)
-                await message.ack()
-                taken += 1
+                if await action(channel, message, letter):
+                    await message.ack()
+                    taken += 1
         finally:
             await channel.close()
         return taken
@@ -443,8 +452,23 @@ def _attempt(message: AbstractIncomingMessage) -> int:
     return value if isinstance(value, int) and value >= 1 else 1
 
 
-def _retry_queue(queue: str) -> str:
-    return f"{queue}.retry"
+async def _declare(
+    channel: AbstractChannel, exchange: AbstractExchange, name: str, bindings: Iterable[str], transient: bool
+) -> AbstractQueue:
+    """Declare a consumed queue, its retry queue and its bindings, with the topology's arguments (idempotent).
+
+    Durable quorum queues for work; a transient subscription's queues are this connection's alone.
+    """
+    kind: dict[str, Any] = {"durable": True}
+    if transient:
+        kind = {"durable": False, "exclusive": True, "auto_delete": True}
+    queue = await channel.declare_queue(name, **kind, arguments=queue_arguments(transient=transient))
+    await channel.declare_queue(
+        retry_queue_name(name), **kind, arguments=retry_queue_arguments(name, transient=transient)
+    )
+    for pattern in bindings:
+        await queue.bind(exchange, pattern)
+    return queue
 
 
 def _to_amqp(message: OutgoingMessage) -> aio_pika.Message:

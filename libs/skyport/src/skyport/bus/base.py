@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from skyport.bus.topology import WorkQueue, is_command
 from skyport.events import EVENT_MODELS, CloudEvent, EventData, InvalidEvent, decode_event
 from skyport.metrics import BusMetrics
 
@@ -39,6 +40,10 @@ class PublishError(Exception):
 
 class PublishTimeout(PublishError):
     """No confirm from the broker within the publish timeout."""
+
+
+class Unroutable(PublishError):
+    """A mandatory message that no queue is bound to take: the broker returned it instead of dropping it."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,13 @@ class OutgoingMessage:
     event_type: str
     timestamp: datetime
     correlation_id: str | None = None
+    mandatory: bool | None = None
+    """Whether no queue taking the message is a publish error (:class:`Unroutable`) rather than a drop; by
+    default (None) the topology decides from the event type: commands are mandatory, data events are not."""
+
+    @property
+    def must_be_routed(self) -> bool:
+        return is_command(self.event_type) if self.mandatory is None else self.mandatory
 
     @classmethod
     def from_event(cls, event: CloudEvent[Any], routing_key: str | None = None) -> OutgoingMessage:
@@ -326,7 +338,14 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def publish_message(self, message: OutgoingMessage) -> None:
-        """Publish an already serialised event and wait for the broker's confirm."""
+        """Publish an already serialised event and wait for the broker's confirm.
+
+        Raises :class:`Unroutable` when the message must be routed (a command) and no queue takes it.
+        """
+
+    @abc.abstractmethod
+    async def declare_queues(self, queues: Collection[WorkQueue]) -> None:
+        """Declare these work queues, their retry queues and their bindings, without consuming them."""
 
     @abc.abstractmethod
     async def subscribe(self, subscription: Subscription) -> None:

@@ -22,6 +22,7 @@ from skyport.bus.base import (
     Outcome,
     OutgoingMessage,
     Subscription,
+    Unroutable,
     Verdict,
     handle_batch,
     handle_delivery,
@@ -30,11 +31,8 @@ from skyport.bus.base import (
     wait_for_tasks,
 )
 from skyport.bus.topic import topic_matches
+from skyport.bus.topology import REDELIVERY_LIMIT, WorkQueue
 from skyport.metrics import BusMetrics
-
-# Mirrors the x-delivery-limit the AMQP bus sets on its quorum queues: a message returned unacked this
-# many times (its consumer keeps dying on it) is dead-lettered.
-REDELIVERY_LIMIT = 20
 
 
 @dataclass
@@ -94,10 +92,14 @@ class MemoryBroker:
         queue.bindings.update(bindings)
         return queue
 
-    def route(self, outgoing: OutgoingMessage) -> None:
+    def route(self, outgoing: OutgoingMessage) -> int:
+        """Put the message on every queue bound to its routing key; returns how many took it."""
+        taken = 0
         for queue in self.queues.values():
             if any(topic_matches(pattern, outgoing.routing_key) for pattern in queue.bindings):
                 queue.put(_Message(outgoing))
+                taken += 1
+        return taken
 
     def dead_letter(self, message: _Message, queue: str, reason: str) -> None:
         self.dead.append(replace(message, queue=queue, reason=reason, dead_lettered_at=utcnow()))
@@ -167,9 +169,15 @@ class MemoryBus(Bus):
     async def publish_message(self, message: OutgoingMessage) -> None:
         if not self._started:
             raise RuntimeError("the bus is not started")
-        self.broker.route(message)
+        # The broker returns a mandatory message no queue takes; the AMQP bus's publish raises, and so does this.
+        if not self.broker.route(message) and message.must_be_routed:
+            raise Unroutable(f"no queue takes {message.routing_key!r}")
         if self.metrics is not None:
             self.metrics.published.labels(self.service, message.event_type).inc()
+
+    async def declare_queues(self, queues: Collection[WorkQueue]) -> None:
+        for queue in queues:
+            self.broker.declare(queue.name, queue.bindings)
 
     async def subscribe(self, subscription: Subscription) -> None:
         queue = self.broker.declare(subscription.queue, subscription.bindings)

@@ -89,6 +89,7 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 2.0,
         retention: timedelta = timedelta(days=7),
+        max_retry_delay: float = 30.0,
         metrics: BusMetrics | None = None,
         service: str = "skyport",
     ) -> None:
@@ -97,6 +98,10 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.retention = retention
+        self.max_retry_delay = max_retry_delay
+        """The longest wait between two tries of a subject whose row the broker refused (doubling from 0.5 s)."""
+        self._held: dict[str, tuple[int, float]] = {}
+        """Subjects whose next row failed to publish: how many tries failed, and when to try again (monotonic)."""
         self.metrics = metrics
         self.service = service
         self._wake = asyncio.Event()
@@ -151,7 +156,16 @@ class OutboxRelay:
         by_subject: dict[str, list[asyncpg.Record]] = {}
         for row in rows:
             by_subject.setdefault(row["subject"] or row["event_id"], []).append(row)
-        results = await asyncio.gather(*(self._publish_in_order(group) for group in by_subject.values()))
+        now = time.monotonic()
+        due = {subject: group for subject, group in by_subject.items() if self._held.get(subject, (0, now))[1] <= now}
+        results = await asyncio.gather(*(self._publish_in_order(group) for group in due.values()))
+        failed = 0
+        for (subject, group), published in zip(due.items(), results, strict=True):
+            if len(published) == len(group):
+                self._held.pop(subject, None)
+            else:
+                failed += len(group) - len(published)
+                self._hold(subject, now)
         sent = [row_id for published in results for row_id in published]
         await self.mark_sent(sent)
         if self.metrics is not None:
@@ -159,10 +173,16 @@ class OutboxRelay:
             for row in rows:
                 if row["id"] in sent_ids:
                     self.metrics.outbox_pending.labels(self.service).observe(now - row["created_at"].timestamp())
-        if len(sent) < len(rows):
-            log.warning("outbox rows not published, will retry", schema=self.db.schema, unsent=len(rows) - len(sent))
-            await asyncio.sleep(min(1.0, self.poll_interval))
+        if failed:
+            log.warning("outbox rows not published, will retry", schema=self.db.schema, unsent=failed)
         return len(sent)
+
+    def _hold(self, subject: str, now: float) -> None:
+        """Try this subject again later, and later still each time it fails: a command that no queue takes yet
+        (its consumer not deployed, a binding removed) stays unsent, neither lost nor retried in a busy loop, and
+        holds back only the rows of its own subject (whose order it keeps)."""
+        failures = self._held.get(subject, (0, now))[0] + 1
+        self._held[subject] = (failures, now + min(self.max_retry_delay, 0.5 * 2 ** (failures - 1)))
 
     async def _publish_in_order(self, rows: Iterable[asyncpg.Record]) -> list[int]:
         """Publish one subject's rows in order, stopping at the first failure so order is kept."""
@@ -179,7 +199,13 @@ class OutboxRelay:
             try:
                 await self.bus.publish_message(message)
             except Exception as exc:
-                log.warning("outbox publish failed", event_id=row["event_id"], error=repr(exc))
+                log.warning(
+                    "outbox publish failed",
+                    event_id=row["event_id"],
+                    event_type=row["event_type"],
+                    routing_key=row["routing_key"],
+                    error=repr(exc),
+                )
                 break
             published.append(row["id"])
         return published

@@ -366,6 +366,44 @@ class MissionSimulation(_Frozen):
     programs: tuple[str, ...] = Field(default=(), description="Programs the night simulator observes for.")
 
 
+# --- when a file is finished ------------------------------------------------------------------------------
+
+
+class CompletionRule(_Frozen):
+    """How the monitor knows the instrument has finished writing a file: a file still being written is never taken.
+
+    - ``rename``: the writer writes under a temporary name (``temporary``) and renames the file into place.
+    - ``marker``: the writer makes a marker file, the file's name plus ``marker_suffix`` (``NAME.fits.done``).
+    - ``signal``: the instrument's software says so (``skyport monitor closed PATH``, KOA's keyword callback).
+    - ``fits``: the FITS structure is complete and declares its extensions (NEXTEND present and every HDU there,
+      or a primary HDU that allows none); a file without NEXTEND waits, reported, for an operator.
+    - ``quiet``: the last resort: the file is unchanged for ``quiet_seconds``, longer than the writer ever pauses.
+
+    Under every rule the file must also look like whole FITS, or be unchanged for the monitor's incomplete timeout
+    (then it is evaluated, so a truncated file is reported rather than waited for).
+    """
+
+    rule: Literal["rename", "marker", "signal", "fits", "quiet"]
+    marker_suffix: str = Field(default=".done", description="The marker rule's marker: the file's name plus this.")
+    temporary: tuple[str, ...] = Field(
+        default=(".*", "*.part", "*.tmp"),
+        description="Globs of the writer's temporary names in the folder: neither taken nor reported.",
+    )
+    quiet_seconds: float | None = Field(
+        default=None, gt=0, description="The quiet rule's period: longer than any pause of the writer."
+    )
+
+    @model_validator(mode="after")
+    def _settings_of_the_rule(self) -> CompletionRule:
+        if self.rule == "quiet" and self.quiet_seconds is None:
+            raise ValueError("the quiet rule needs quiet_seconds (longer than any pause of the instrument's writer)")
+        if self.rule != "quiet" and self.quiet_seconds is not None:
+            raise ValueError("quiet_seconds belongs to the quiet rule only")
+        if not self.marker_suffix.startswith(".") or "/" in self.marker_suffix or len(self.marker_suffix) < 2:
+            raise ValueError(f"marker_suffix {self.marker_suffix!r} must be a suffix such as '.done'")
+        return self
+
+
 # --- products, instruments, missions --------------------------------------------------------------------
 
 
@@ -472,6 +510,10 @@ class Instrument(_Frozen):
     release: ReleaseRule | None = Field(
         default=None,
         description="Overrides the mission's release rule; the catalog fills in the mission's when this is absent.",
+    )
+    completion: CompletionRule = Field(
+        default=CompletionRule(rule="fits"),
+        description="How the monitor knows a file is finished; every shipped configuration states its choice.",
     )
     simulate: InstrumentSimulation = InstrumentSimulation()
     source: str = Field(default="", description="The file it was read from.")

@@ -10,6 +10,7 @@ night and sequence of calls give the same headers, archive IDs and bytes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import random
@@ -416,6 +417,8 @@ class Simulator:
         own = match.instrument.simulate.write_mode
         if own != "auto":
             return own
+        if match.instrument.completion.rule == "rename":
+            return "rename"  # the monitor takes a file under its final name as finished
         return "inplace" if size_bytes >= INPLACE_FROM_BYTES else "rename"
 
     def _plan_bad(self, kind: BadKind, match: ProductMatch, size_bytes: int, keyword: str | None) -> _Planned:
@@ -474,13 +477,23 @@ class Simulator:
         chunk_delay: float = 0.0,
         chunk_bytes: int = 4 << 20,
         fsync: bool = False,
+        hdu_delay: float = 0.0,
+        nextend: bool = True,
     ) -> SimulatedFile:
         """Write one good file of about ``size_bytes`` for an instrument's product (a pipeline product follows
         the oldest raw file that has not had it yet).  ``mode``: ``rename`` (hidden temporary name, then renamed),
-        ``inplace`` (the final name from the first byte, ``chunk_delay`` seconds between chunks), or ``auto``."""
+        ``inplace`` (the final name from the first byte, ``chunk_delay`` seconds between chunks), or ``auto``.
+
+        ``hdu_delay`` pauses the writer between HDUs; ``nextend=False`` leaves NEXTEND out of the primary header
+        (a writer that does not say how many extensions follow).  When the instrument's completion rule is
+        ``marker``, the marker file is made once the file is complete."""
         match = self.resolve(instrument, product)
         planned = self._plan(match, size_bytes)
-        return self._write(planned, self._mode(match, mode, size_bytes), chunk_delay, chunk_bytes, fsync, None)
+        if not nextend and planned.plan is not None:
+            planned.plan = _without_nextend(planned.plan)
+        return self._write(
+            planned, self._mode(match, mode, size_bytes), chunk_delay, chunk_bytes, fsync, None, hdu_delay=hdu_delay
+        )
 
     def write_bad_file(
         self,
@@ -507,6 +520,8 @@ class Simulator:
         chunk_bytes: int,
         fsync: bool,
         stop: threading.Event | None,
+        *,
+        hdu_delay: float = 0.0,
     ) -> SimulatedFile:
         path = self.root / planned.relative_path
         started = datetime.now(UTC)
@@ -520,10 +535,15 @@ class Simulator:
                 mode="rename" if damage else mode,
                 chunk_bytes=chunk_bytes,
                 chunk_delay=chunk_delay,
+                hdu_delay=hdu_delay,
                 fsync=fsync,
                 stop=stop,
                 before_rename=(lambda target, placements: _damage(target, placements, damage)) if damage else None,
             )
+        completion = planned.match.instrument.completion
+        if completion.rule == "marker":
+            # As the instrument's software does once the file is closed: the monitor's cue to take it.
+            path.with_name(path.name + completion.marker_suffix).touch()
         closed = datetime.now(UTC)
         match, meant = planned.match, planned.meant
         fits_file = planned.plan is not None
@@ -690,6 +710,14 @@ def _ranged_keyword(instrument: Instrument, product: ProductKind) -> str:
 def _out_of_range(rule: Any) -> Any:
     value = rule.minimum - 3 if rule.minimum is not None else rule.maximum + 3
     return int(value) if rule.type is KeywordType.INT else float(value)
+
+
+def _without_nextend(plan: FilePlan) -> FilePlan:
+    """The same file, its primary header not saying how many extensions follow."""
+    primary = plan.hdus[0]
+    header = primary.header.copy()
+    header.remove("NEXTEND", ignore_missing=True)
+    return dataclasses.replace(plan, hdus=(dataclasses.replace(primary, header=header), *plan.hdus[1:]))
 
 
 def _damage(target: Path, placements: list[HduPlacement], damage: str | None) -> None:

@@ -293,12 +293,23 @@ def write_fits(
     *,
     chunk_bytes: int = SLAB_BYTES,
     chunk_delay: float = 0.0,
+    hdu_delay: float = 0.0,
     stop: threading.Event | None = None,
 ) -> list[HduPlacement]:
-    """Write the planned file to ``stream``; where each HDU's data went."""
+    """Write the planned file to ``stream``; where each HDU's data went.
+
+    ``hdu_delay``: seconds the writer pauses between two HDUs, the file flushed and valid FITS up to there (as an
+    instrument that writes one detector's extension at a time does).
+    """
     pacer = _Pacer(stream, max(2880, chunk_bytes), chunk_delay, stop)
     placements = []
     for index, hdu in enumerate(plan.hdus):
+        if index and hdu_delay > 0:
+            stream.flush()
+            if stop is not None and stop.wait(hdu_delay):
+                raise WriteStopped
+            if stop is None:
+                time.sleep(hdu_delay)
         header = hdu_header_bytes(plan, hdu)
         if plan.drop_end_card and index == 0:
             end = header.rfind(b"END" + b" " * 77, 0, len(header))
@@ -324,6 +335,7 @@ def write_file(
     mode: WriteMode,
     chunk_bytes: int = SLAB_BYTES,
     chunk_delay: float = 0.0,
+    hdu_delay: float = 0.0,
     fsync: bool = False,
     stop: threading.Event | None = None,
     before_rename: Callable[[Path, list[HduPlacement]], None] | None = None,
@@ -337,7 +349,9 @@ def write_file(
     target = path if mode == "inplace" else path.with_name(f".{path.name}.part")
     try:
         with open(target, "wb") as stream:
-            placements = write_fits(plan, stream, chunk_bytes=chunk_bytes, chunk_delay=chunk_delay, stop=stop)
+            placements = write_fits(
+                plan, stream, chunk_bytes=chunk_bytes, chunk_delay=chunk_delay, hdu_delay=hdu_delay, stop=stop
+            )
             if fsync:
                 stream.flush()
                 os.fsync(stream.fileno())
