@@ -58,6 +58,9 @@ def _transfer(row: asyncpg.Record) -> Transfer:
 
 
 class SiteStore:
+    """Sites and their credentials. The receiver checks a credential here at every request (one indexed lookup),
+    never from a copy in memory, so a rotated or removed credential is refused at once by every process."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
@@ -66,11 +69,30 @@ class SiteStore:
         token = secrets.token_urlsafe(32)
         await self.conn.execute(
             "INSERT INTO sites (name, token_sha256) VALUES ($1, $2) "
-            "ON CONFLICT (name) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256",
+            "ON CONFLICT (name) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256, removed_at = NULL",
             name,
             hash_token(token),
         )
         return token
+
+    async def rotate(self, name: str) -> str | None:
+        """Give a registered site a new credential, the old one refused from now on; None if there is no such site."""
+        token = secrets.token_urlsafe(32)
+        updated = await self.conn.fetchval(
+            "UPDATE sites SET token_sha256 = $2, removed_at = NULL WHERE name = $1 RETURNING name",
+            name,
+            hash_token(token),
+        )
+        return None if updated is None else token
+
+    async def remove(self, name: str) -> bool:
+        """Take a site's credential away (its transfers stay on record); False if there is no such site."""
+        updated = await self.conn.fetchval(
+            "UPDATE sites SET token_sha256 = NULL, removed_at = coalesce(removed_at, now()) WHERE name = $1 "
+            "RETURNING name",
+            name,
+        )
+        return updated is not None
 
     async def site_for(self, token: str) -> str | None:
         name: str | None = await self.conn.fetchval("SELECT name FROM sites WHERE token_sha256 = $1", hash_token(token))

@@ -69,7 +69,6 @@ class TransferApi:
         self.staging = Staging(settings.staging_dir)
         self._uploads = asyncio.Semaphore(settings.max_concurrent_uploads)
         self._active: set[str] = set()
-        self._sites: dict[str, str] = {}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[json_errors, self.authenticate], client_max_size=1 << 20)
@@ -84,15 +83,14 @@ class TransferApi:
         if scheme.lower() != "bearer" or not token.strip():
             self.metrics.rejected.labels("unauthenticated").inc()
             raise problem(401, "this endpoint needs the site's credential: Authorization: Bearer <token>")
-        site = self._sites.get(token)
+        # Asked of the database every time, never remembered: a credential rotated or removed (by any process) is
+        # refused from the next request on.
+        async with self.db.pool.acquire() as conn:
+            site = await SiteStore(conn).site_for(token.strip())
         if site is None:
-            async with self.db.pool.acquire() as conn:
-                site = await SiteStore(conn).site_for(token.strip())
-            if site is None:
-                self.metrics.rejected.labels("bad_credential").inc()
-                log.warning("request with an unknown credential", peer=request.remote, path=request.path)
-                raise problem(401, "the credential is not valid for any site")
-            self._sites[token] = site
+            self.metrics.rejected.labels("bad_credential").inc()
+            log.warning("request with an unknown credential", peer=request.remote, path=request.path)
+            raise problem(401, "the credential is not valid for any site")
         request["site"] = site
         with structlog.contextvars.bound_contextvars(site=site):
             return await handler(request)
