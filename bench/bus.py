@@ -142,8 +142,8 @@ class RawSide:
             type=event_type,
             timestamp=timestamp,
         )
-        # Not mandatory, as the Skyport bus publishes: the same frames on the wire.
-        await self._exchange.publish(message, self.routing_key, mandatory=False)
+        # Mandatory, as the Skyport bus publishes commands (these are ingest.completed): the same frames on the wire.
+        await self._exchange.publish(message, self.routing_key, mandatory=True)
 
     async def start_consuming(self, countdown: Countdown) -> None:
         assert self._connection is not None
