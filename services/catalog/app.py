@@ -15,6 +15,7 @@ from skyport.bus import Batching, Subscription
 from skyport.bus.topology import CATALOG_FILE_ARCHIVED
 from skyport.db import Database, idempotent, idempotent_batch
 from skyport.events import FileArchived
+from skyport.instruments import load_instruments
 from skyport.runtime import ServiceContext, ServiceSpec
 
 QUEUE = CATALOG_FILE_ARCHIVED.name
@@ -52,8 +53,13 @@ def file_archived_subscription(
 async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     settings = ctx.settings
     assert isinstance(settings, CatalogSettings)
+    # The instrument configuration says each mission's observing night; nothing else of it is the catalog's.
+    nights = load_instruments(settings.instruments_dir).nights()
     cataloguer = Cataloguer(
-        settings.catalog_public_url, calib_levels=settings.calib_levels, metrics=CatalogMetrics(ctx.metrics.registry)
+        settings.catalog_public_url,
+        calib_levels=settings.calib_levels,
+        nights=nights,
+        metrics=CatalogMetrics(ctx.metrics.registry),
     )
     ctx.start_outbox_relay()
     await ctx.subscribe(file_archived_subscription(ctx.database, cataloguer, settings))
@@ -67,7 +73,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     )
     ctx.spawn(scheduler.run(), "release scheduler")
 
-    api = CatalogApi(ctx.database, settings, ctx.metrics.registry)
+    api = CatalogApi(ctx.database, settings, ctx.metrics.registry, nights=nights)
     async with ctx.serve_http(api.app(), settings.catalog_host, settings.catalog_port, api="catalog"):
         yield
 

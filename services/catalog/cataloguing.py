@@ -55,10 +55,12 @@ from skyport.events import (
     ReproInfo,
 )
 from skyport.events.models import routing_word
+from skyport.nights import Nights
 
 log = structlog.get_logger("skyport.catalog")
 
 _MJD_EPOCH = datetime(1858, 11, 17, tzinfo=UTC)
+_DEFAULT_NIGHTS = Nights()
 _FORMATS = {".fits": "application/fits", ".fits.gz": "application/fits", ".fits.fz": "application/fits"}
 
 
@@ -108,10 +110,13 @@ def access_format(filename: str) -> str:
     return next((fmt for suffix, fmt in _FORMATS.items() if lower.endswith(suffix)), "application/octet-stream")
 
 
-def describe(archived: FileArchived, *, calib_levels: Mapping[str, int] | None = None) -> ProductDescription:
+def describe(
+    archived: FileArchived, *, calib_levels: Mapping[str, int] | None = None, nights: Nights | None = None
+) -> ProductDescription:
     """The catalog's columns for an archived file; :class:`InvalidProduct` if its metadata make no sense.
 
-    The release date here is the file's own (None if it has none); :func:`release_date_for` decides.
+    The release date here is the file's own (None if it has none); :func:`release_date_for` decides. The night is
+    that of the observation at the mission's site (``nights``; the default rule for a mission it does not know).
     """
     meta = archived.metadata  # typed and checked when the event was parsed (HeaderMetadata)
     mission = archived.mission.upper()
@@ -164,6 +169,7 @@ def describe(archived: FileArchived, *, calib_levels: Mapping[str, int] | None =
         filters=tuple(meta.filters),
         header=header,
         observed_at=observed_at,
+        night=(nights or _DEFAULT_NIGHTS).night_of(mission, observed_at),
         written_at=archived.written_at,
         archived_at=archived.archived_at,
         sha256=archived.sha256,
@@ -234,11 +240,13 @@ class Cataloguer:
         public_url: str,
         *,
         calib_levels: Mapping[str, int] | None = None,
+        nights: Nights | None = None,
         metrics: CatalogMetrics | None = None,
         today: Callable[[], date] = _today,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.calib_levels = dict(calib_levels or {})
+        self.nights = nights or _DEFAULT_NIGHTS
         self.metrics = metrics
         self.today = today
 
@@ -259,7 +267,10 @@ class Cataloguer:
         :class:`InvalidProduct` if any file is refused: the caller rolls back, and catalogues the files one by
         one to find out which. Returns what became of each file, in that order.
         """
-        steps = [_Step(describe(archived, calib_levels=self.calib_levels), archived, cid) for archived, cid in files]
+        steps = [
+            _Step(describe(archived, calib_levels=self.calib_levels, nights=self.nights), archived, cid)
+            for archived, cid in files
+        ]
         steps.sort(key=lambda step: (step.described.archive_id, step.described.version))
         products = ProductStore(conn)
         await products.lock_archive_ids({step.described.archive_id for step in steps})

@@ -33,6 +33,16 @@ def glob_to_like(pattern: str) -> str:
 
 
 @dataclass(frozen=True)
+class Tonight:
+    """``night=tonight``: the night in progress at each product's own site (skyport.nights), when it was asked."""
+
+    by_mission: tuple[tuple[str, date], ...]
+    """Each configured mission's tonight."""
+    default: date
+    """Tonight for the missions without a rule of their own."""
+
+
+@dataclass(frozen=True)
 class ProductFilter:
     """What a search asks for; empty tuples and None ask for nothing. Values within a field are alternatives."""
 
@@ -46,6 +56,8 @@ class ProductFilter:
     """MJD: products whose observation ends at or after this (the observation interval overlaps the range)."""
     t_max: float | None = None
     """MJD: products whose observation starts at or before this."""
+    night: date | Tonight | None = None
+    """Products observed in this observing night of their mission's site (skyport.nights), or in tonight's."""
     archived_since: datetime | None = None
     """Products whose current version was archived at or after this."""
     filename_glob: str | None = None
@@ -75,6 +87,13 @@ def filter_condition(product_filter: ProductFilter, params: Params, alias: str =
         conditions.append(f"{a}.t_max >= {params.add(f.t_min)}")
     if f.t_max is not None:
         conditions.append(f"{a}.t_min <= {params.add(f.t_max)}")
+    if isinstance(f.night, Tonight):
+        known = [mission for mission, _ in f.night.by_mission]
+        each = [f"({a}.mission = {params.add(m)} AND {a}.night = {params.add(n)})" for m, n in f.night.by_mission]
+        each.append(f"({a}.mission <> ALL({params.add(known)}::text[]) AND {a}.night = {params.add(f.night.default)})")
+        conditions.append(f"({' OR '.join(each)})")
+    elif f.night is not None:
+        conditions.append(f"{a}.night = {params.add(f.night)}")
     if f.archived_since is not None:
         conditions.append(f"{a}.archived_at >= {params.add(f.archived_since)}")
     if f.filename_glob is not None:
@@ -122,6 +141,7 @@ class FoundProduct:
     filters: list[str]
     header: dict[str, Any]
     observed_at: datetime | None
+    night: date | None
     written_at: datetime | None
     first_archived_at: datetime
     archived_at: datetime

@@ -21,6 +21,10 @@ class CatalogSettings(CommonSettings):
         default=Path("var/archive"),
         description="Archive storage as the ingestor writes it, read for downloads.",
     )
+    instruments_dir: Path = Field(
+        default=Path("deploy/instruments"),
+        description="The instrument configuration, read for each mission's observing night ([night] in mission.toml).",
+    )
     catalog_batch_size: int = Field(
         default=200,
         ge=1,

@@ -420,6 +420,7 @@ class ProductDescription:
     filters: tuple[str, ...]
     header: dict[str, Any]
     observed_at: datetime | None
+    night: date | None  # the observing night at the mission's site (skyport.nights)
     written_at: datetime | None
     archived_at: datetime
     # the version's own facts
@@ -463,6 +464,7 @@ _DESCRIBED = {
     "filters": "text",
     "header": "text",
     "observed_at": "timestamptz",
+    "night": "date",
     "written_at": "timestamptz",
     "archived_at": "timestamptz",
 }

@@ -62,6 +62,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
             metrics,
             queue_limit=settings.gateway_queue_limit,
             heartbeat=settings.gateway_heartbeat,
+            public_url=settings.gateway_public_url,
         )
         try:
             async with ctx.serve_http(api.app(), settings.gateway_host, settings.gateway_port, api="gateway"):

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from skyport.nights import NightRule, Nights
+
 Program = tuple[str, str]
 """(mission, propid)"""
 
@@ -71,6 +73,7 @@ class CatalogClient:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self._service_token = service_token
+        self._nights: Nights | None = None
 
     async def user(self, token: str) -> User | None:
         """Who ``token`` belongs to, or None when the catalog does not know it (unknown or revoked)."""
@@ -88,6 +91,17 @@ class CatalogClient:
     async def search(self, token: str, params: Sequence[tuple[str, str]]) -> Page:
         """One page of ``GET /v1/products`` as the user sees it (the catalog applies its access rule)."""
         return _page(await self._get("/v1/products", token, params))
+
+    async def nights(self) -> Nights:
+        """Each mission's observing-night rule, as the catalog has it (asked once: it is configuration)."""
+        if self._nights is None:
+            body = await self._get("/v1/nights", self._service_token)
+            try:
+                rules = {r["mission"]: NightRule.model_validate(_rule(r)) for r in body["missions"]}
+                self._nights = Nights(rules, NightRule.model_validate(_rule(body["default"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CatalogUnavailable(f"the catalog's /v1/nights is not what the gateway expects: {exc}") from exc
+        return self._nights
 
     async def position(self) -> str:
         """The newest cursor in the catalog order (the gateway's administrator token)."""
@@ -114,6 +128,10 @@ class CatalogClient:
                 return body
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise CatalogUnavailable(f"the catalog at {self.base_url} could not answer {path}: {exc!r}") from exc
+
+
+def _rule(described: dict[str, Any]) -> dict[str, Any]:
+    return {"time_zone": described["time_zone"], "boundary": described["boundary"]}
 
 
 def _page(body: dict[str, Any]) -> Page:

@@ -10,6 +10,12 @@ from skyport.settings import CommonSettings
 class GatewaySettings(CommonSettings):
     gateway_host: str = Field(default="0.0.0.0", description="Address of the gateway (page, API, WebSocket).")
     gateway_port: int = Field(default=8083, ge=0, le=65535, description="Port of the gateway (0: any).")
+    gateway_public_url: str | None = Field(
+        default=None,
+        description="The gateway's address as browsers reach it (e.g. https://skyport.example.org behind a TLS "
+        "proxy): download and script links in the catalog's answers start with it. Default: the scheme and Host "
+        "of each request.",
+    )
     gateway_catalog_url: str = Field(
         default="http://localhost:8082", description="The catalog API as the gateway reaches it."
     )
@@ -43,9 +49,9 @@ class GatewaySettings(CommonSettings):
         "the gateway at once).",
     )
 
-    @field_validator("gateway_catalog_url")
+    @field_validator("gateway_catalog_url", "gateway_public_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"gateway_catalog_url must be an http(s) URL, not {value!r}")
-        return value.rstrip("/")
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, not {value!r}")
+        return None if value is None else value.rstrip("/")

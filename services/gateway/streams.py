@@ -25,8 +25,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as clock_time
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -60,6 +59,7 @@ _FILE_FIELDS = (
     "instrument_name",
     "target_name",
     "observed_at",
+    "night",
     "t_exptime",
     "s_ra",
     "s_dec",
@@ -98,12 +98,6 @@ class Change:
         return cls(decode_cursor(product["cursor"]), (product["mission"], product["propid"]), dumps(message))
 
 
-def night_range(night: date) -> tuple[str, str]:
-    """A UT night as the catalog's search parameters: observations overlapping that UT day."""
-    start = datetime.combine(night, clock_time(), tzinfo=UTC)
-    return start.isoformat(), (start + timedelta(days=1)).isoformat()
-
-
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.streams = Gauge("skyport_gateway_streams", "WebSocket clients connected now.", registry=registry)
@@ -139,7 +133,7 @@ class Stream:
         token: str,
         *,
         selection: frozenset[Program] | None,
-        night: date,
+        night: date | None,
         queue_limit: int,
         metrics: GatewayMetrics,
         abort: Callable[[], None],
@@ -149,6 +143,7 @@ class Stream:
         self.token = token
         self.selection = selection
         self.night = night
+        """The night whose backlog the stream sends; None: tonight at each file's own site."""
         self.visible: frozenset[Program] = frozenset()
         self.set_user(user)
         self.position = 0
@@ -372,8 +367,9 @@ async def send_backlog(
     params += [("mission", m) for m in sorted({m for m, _ in wanted})]
     params += [("propid", p) for p in sorted({p for _, p in wanted})]
     if after is None:
-        t_min, t_max = night_range(stream.night)
-        params += [("t_min", t_min), ("t_max", t_max)]
+        # The catalog decides which night a file is of (skyport.nights, the mission's site): the live
+        # messages carry the same ``night``, so backlog, live stream and search always agree.
+        params.append(("night", "tonight" if stream.night is None else stream.night.isoformat()))
     cursor = after
     while True:
         page = await client.search(stream.token, params + ([("cursor", cursor)] if cursor else []))

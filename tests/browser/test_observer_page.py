@@ -233,15 +233,18 @@ async def test_the_table_filters_searches_and_sorts(
     await expect_rows(page, by_size[::-1], ordered=True)
     await expect(page.locator('th[data-column="size_bytes"]')).to_have_attribute("aria-sort", "descending")
 
-    # Another night: its own files (none), then tonight's again from the backlog.
-    night = page.get_by_label("Night (UT date)")
+    # The page follows tonight at Keck (Hawaii, noon to noon), the simulated night; another night shows its own
+    # files (none), then tonight's come back from the backlog.
+    night = page.get_by_label("Night", exact=True)
+    tonight = hires.night_of("KECK")
+    await expect(night).to_have_value(tonight.isoformat())
     state = page.get_by_test_id("connection-state")
-    await night.fill((hires.night - timedelta(days=1)).isoformat())
+    await night.fill((tonight - timedelta(days=1)).isoformat())
     await expect(state).to_have_text("Live")
     await page.evaluate(_NEXT_FRAME)
     assert await shown_ids(page) == []
     await expect(page.get_by_test_id("file-count")).to_have_text("No files yet")
-    await night.fill(hires.night.isoformat())
+    await night.fill(tonight.isoformat())
     await expect_rows(page, ids)
 
     # On a phone the rows become cards: nothing to scroll sideways, every download button in view.

@@ -6,12 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
+from services.catalog.cataloguing import Cataloguer
+from skyport.bus import create_bus
+from skyport.db import Database
+from skyport.events import FileArchived
 from skyport.instruments import InstrumentCatalog
 from skyport.simulator import Simulator
+from tests.support.catalog import archived, event_of
+from tests.support.catalog_api import archive_file
 from tests.support.flow import Flow
 from tests.support.gateway import StreamClient, ticket_for
 from tests.support.waiting import eventually
@@ -33,8 +40,8 @@ class Observatory:
         return written.archive_id
 
     async def connect(self, token: str, **params: str) -> StreamClient:
-        query = [("night", datetime.now(UTC).date().isoformat()), *list(params.items())]
-        client = await StreamClient.connect(self.http, self.flow.gateway_url, token=token, params=query)
+        """A stream of tonight at Keck (the simulated night), or of the ``night`` given."""
+        client = await StreamClient.connect(self.http, self.flow.gateway_url, token=token, params=list(params.items()))
         await eventually(lambda: client.live, timeout=20, what="the stream to go live")
         return client
 
@@ -160,3 +167,118 @@ async def test_a_collaborator_sees_files_at_once_and_stops_when_removed(observat
     assert refused.value.status == 401
     await pi.close()
     await collaborator.close()
+
+
+CONTENT = b"SIMPLE  =                    T" * 100
+
+
+def keck_file(archive_id: str, propid: str, observed_at: datetime) -> FileArchived:
+    """A Keck file as the ingestor announces it, observed at ``observed_at``."""
+    when = observed_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return archived(archive_id, propid=propid, metadata={"observed_at": when})
+
+
+async def test_a_night_is_the_site_s_observing_night_in_the_backlog_the_live_stream_and_the_api(
+    flow: Flow, instruments: InstrumentCatalog, unique: str
+) -> None:
+    """Keck's night of 21 November runs from noon to noon in Hawaii: 23:30 and 01:30 local time are one night,
+    and so are the afternoon's calibrations after 0 h UT (14:00 in Hawaii), which a UT date split off."""
+    propid = f"2026B_N{int(unique, 16) % 1000:03d}"
+    pi = await flow.user_token("alice")
+    await flow.skyport("catalog", "add-program", "KECK", propid, "--title", "Night test", "--pi", "alice")
+    await flow.start("catalog", "gateway")
+    hawaii = ZoneInfo("Pacific/Honolulu")
+    local = {
+        "before": datetime(2026, 11, 21, 11, 0, tzinfo=hawaii),  # the morning: still the night of the 20th
+        "afternoon": datetime(2026, 11, 21, 15, 0, tzinfo=hawaii),  # 01:00 UT on the 22nd
+        "late": datetime(2026, 11, 21, 23, 30, tzinfo=hawaii),
+        "small_hours": datetime(2026, 11, 22, 1, 30, tzinfo=hawaii),
+        "next": datetime(2026, 11, 22, 13, 0, tzinfo=hawaii),  # the next night's afternoon
+    }
+    files = {name: keck_file(f"HI.{unique}.{name}", propid, when) for name, when in local.items()}
+    ids = {name: data.archive_id for name, data in files.items()}
+    the_night = {ids["afternoon"], ids["late"], ids["small_hours"]}
+    bus = create_bus(flow.amqp_url, service=f"test-{unique}")
+    await bus.start()
+    async with aiohttp.ClientSession() as http:
+        try:
+            stream = await StreamClient.connect(http, flow.gateway_url, token=pi, params=[("night", "2026-11-21")])
+            await eventually(lambda: stream.live, timeout=20, what="the stream to go live")
+            assert stream.of_type("hello")[0]["night"] == "2026-11-21"
+            for data in files.values():
+                await bus.publish(event_of(data))
+            await eventually(lambda: set(ids.values()) <= set(stream.archive_ids()), timeout=30, what="every file")
+        finally:
+            await bus.close()
+
+        # Live: every change comes, each file naming its night as the catalog decided it.
+        nights = {f["archive_id"]: f["night"] for f in stream.files(backlog=False)}
+        assert nights == {
+            ids["before"]: "2026-11-20",
+            ids["afternoon"]: "2026-11-21",
+            ids["late"]: "2026-11-21",
+            ids["small_hours"]: "2026-11-21",
+            ids["next"]: "2026-11-22",
+        }
+        await stream.close()
+
+        # Reloaded: the night's backlog holds exactly the files that came live as that night's.
+        reloaded = await StreamClient.connect(http, flow.gateway_url, token=pi, params=[("night", "2026-11-21")])
+        await eventually(lambda: reloaded.live, timeout=20, what="the reloaded stream to go live")
+        assert {f["archive_id"] for f in reloaded.files(backlog=True)} == the_night
+        await reloaded.close()
+
+        # The API (the catalog's, through the gateway) agrees.
+        headers = {"Authorization": f"Bearer {pi}"}
+        params = {"night": "2026-11-21", "propid": propid}
+        async with http.get(f"{flow.gateway_url}/v1/products", params=params, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            products = (await response.json())["products"]
+        assert {p["archive_id"] for p in products} == the_night
+        assert {p["night"] for p in products} == {"2026-11-21"}
+        async with http.get(f"{flow.gateway_url}/v1/nights") as response:
+            rules = {r["mission"]: r for r in (await response.json())["missions"]}
+        assert (rules["KECK"]["time_zone"], rules["KECK"]["boundary"]) == ("Pacific/Honolulu", "12:00")
+
+        # Without a night, the stream follows tonight at the program's site.
+        keck = instruments.mission("KECK").night
+        before = keck.tonight()
+        tonight = await StreamClient.connect(http, flow.gateway_url, token=pi)
+        await eventually(lambda: tonight.live, timeout=20, what="tonight's stream to go live")
+        assert tonight.of_type("hello")[0]["night"] in {before.isoformat(), keck.tonight().isoformat()}
+        assert tonight.files() == []  # nothing of this program was observed tonight
+        await tonight.close()
+
+
+async def test_links_given_to_a_browser_through_the_gateway_point_at_the_gateway(flow: Flow, unique: str) -> None:
+    """The README promises a browser one address: download and script links must not lead to the catalog's."""
+    propid = f"2026B_L{int(unique, 16) % 1000:03d}"
+    pi = await flow.user_token("alice")
+    await flow.skyport("catalog", "add-program", "KECK", propid, "--pi", "alice")
+    await flow.start("catalog", "gateway")
+    db = await Database.connect(flow.database_url, "catalog", min_size=1, max_size=2)
+    try:
+        data = archived(f"HI.{unique}.1", propid=propid)
+        data = await archive_file(db, flow.storage, data, CONTENT, Cataloguer(flow.catalog_url))
+    finally:
+        await db.close()
+    headers = {"Authorization": f"Bearer {pi}"}
+    async with aiohttp.ClientSession() as http:
+        for base in (flow.gateway_url, flow.catalog_url):  # each door gives its own address
+            async with http.get(f"{base}/v1/products", params={"propid": propid}, headers=headers) as response:
+                [product] = (await response.json())["products"]
+            assert product["access_url"] == f"{base}/v1/files/{data.archive_id}?version=1"
+            async with http.get(f"{base}/v1/products/{data.archive_id}", headers=headers) as response:
+                [version] = (await response.json())["versions"]
+            assert version["access_url"] == f"{base}/v1/files/{data.archive_id}?version=1"
+            script_url = f"{base}/v1/products/download-script"
+            async with http.get(script_url, params={"propid": propid, "limit": "1"}, headers=headers) as response:
+                script = await response.text()
+            other = flow.catalog_url if base == flow.gateway_url else flow.gateway_url
+            assert f"{base}/v1/files/" in script
+            assert other not in script
+
+        # And the link works there, for the one who may see it.
+        async with http.get(product["access_url"].replace(flow.catalog_url, flow.gateway_url), headers=headers) as got:
+            assert got.status == 200
+            assert await got.read() == CONTENT

@@ -135,7 +135,7 @@ def test_file_view_states_and_download_path() -> None:
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("night=2026-13-01", "night must be a UT date"),
+        ("night=2026-13-01", "night must be a date YYYY-MM-DD"),
         ("cursor=bogus", "is not one Skyport gave out"),
         ("program=KECK", "program must be MISSION/PROPID"),
         ("colour=blue", "unknown parameter 'colour'"),

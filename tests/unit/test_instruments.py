@@ -490,11 +490,12 @@ def test_adding_an_instrument_is_adding_a_file(config_copy: Path, tmp_path: Path
         evaluation = widecam.evaluate(verify_fits(simulated.path).header, simulated.path.name, match.product)
         assert evaluation.level == level
         assert evaluation.propid in catalog.missions["KECK"].simulate.programs
-        assert evaluation.release_date == date(2027, 9, 15)  # the mission's 18 months
+        # The mission's 18 months from the UT date: Keck's night of 15 March is observed on the 16th, UT.
+        assert evaluation.release_date == date(2027, 9, 16)
         assert evaluation.metadata.exptime_s == simulated.evaluation.metadata.exptime_s  # type: ignore[union-attr]
     base = raw.archive_id
     assert base is not None
-    assert base.startswith("WC.20260315.")
+    assert base.startswith("WC.20260316.")
     assert stack.archive_id == f"{base}_stack"  # the stack follows its raw frame
     # EXPTIME is written in milliseconds; the metadata says seconds.
     raw_header = verify_fits(raw.path).header

@@ -53,9 +53,10 @@ def dep(catalog: InstrumentCatalog, root: Path, simulated: SimulatedFile) -> tup
 @pytest.mark.parametrize(
     ("instrument", "product", "level", "archive_id"),
     [
-        ("HIRES", "raw", "0", r"HI\.20260315\.\d{5}\.\d{2}"),
-        ("KCWI", "raw", "0", r"KB\.20260315\.\d{5}\.\d{2}"),
-        ("KCWI", "quicklook", "1", r"KB\.20260315\.\d{5}\.\d{2}_icubes"),
+        # Keck's night of 15 March (Hawaii) begins at 19:00 HST, 05:00 UT on the 16th: KOAIDs carry the UT date.
+        ("HIRES", "raw", "0", r"HI\.20260316\.\d{5}\.\d{2}"),
+        ("KCWI", "raw", "0", r"KB\.20260316\.\d{5}\.\d{2}"),
+        ("KCWI", "quicklook", "1", r"KB\.20260316\.\d{5}\.\d{2}_icubes"),
         ("NIRCAM", "uncal", "1b", r"jw\d{5}\d{3}001_02101_\d{5}_nrc(a|b)(\d|long)_uncal"),
         ("NIRCAM", "cal", "2b", r"jw\d{5}\d{3}001_02101_\d{5}_nrc(a|b)(\d|long)_cal"),
     ],

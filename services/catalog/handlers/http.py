@@ -58,6 +58,7 @@ from services.catalog.storage import ProductVersion, ProgramStore, UserStore
 from skyport.cursor import encode_cursor
 from skyport.db import Database
 from skyport.http import CHALLENGE, ApiError, bearer_token
+from skyport.nights import NightRule, Nights
 
 SEARCH_DEFAULT_LIMIT = 100
 SEARCH_MAX_LIMIT = 1000
@@ -68,6 +69,9 @@ _MAX_TOKEN = 256
 _TOKEN_ID = re.compile(rf"^[0-9a-f]{{{TOKEN_ID_LENGTH}}}$")
 _PROGRAM_WORD = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _SCRIPT_NAME = "skyport-download.sh"
+# A host as a proxy may report it (RFC 7239 host: a name or an IP address, with a port); nothing that could
+# break out of a URL's authority.
+_FORWARDED_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 VIEWER = web.RequestKey("viewer", Viewer)
 
@@ -134,10 +138,12 @@ class CatalogApi:
         registry: CollectorRegistry,
         *,
         script_max_files: int = SCRIPT_MAX_FILES,
+        nights: Nights | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.public_url = settings.catalog_public_url
+        self.nights = nights or Nights()
         self.storage_dir = settings.storage_dir
         self.metrics = CatalogApiMetrics(registry)
         self.script_max_files = script_max_files
@@ -151,6 +157,7 @@ class CatalogApi:
         router.add_get("/v1/files/{archive_id}", self.download)
         router.add_get("/v1/me", self.me)
         router.add_get("/v1/position", self.position)
+        router.add_get("/v1/nights", self.night_rules)
         router.add_get("/v1/programs/{mission}/{propid}/members", self.members)
         router.add_put("/v1/programs/{mission}/{propid}/members/{username}", self.grant_member)
         router.add_delete("/v1/programs/{mission}/{propid}/members/{username}", self.revoke_member)
@@ -204,15 +211,18 @@ class CatalogApi:
     # --- products ---------------------------------------------------------------------------------------
 
     async def search(self, request: web.Request) -> web.Response:
-        search = parse_search(request.query, default_limit=SEARCH_DEFAULT_LIMIT, max_limit=SEARCH_MAX_LIMIT)
+        search = parse_search(
+            request.query, default_limit=SEARCH_DEFAULT_LIMIT, max_limit=SEARCH_MAX_LIMIT, nights=self.nights
+        )
         viewer = request[VIEWER]
         async with self._snapshot() as conn:
             queries = ProductQueries(conn)
             found = await queries.search(viewer, search.filter, after_seq=search.after_seq, limit=search.limit + 1)
             total = await queries.count(viewer, search.filter) if search.count else None
         page = found[: search.limit]
+        base = self.link_base(request)
         body: dict[str, Any] = {
-            "products": [self._product_json(p) for p in page],
+            "products": [self._product_json(p, base) for p in page],
             "next_cursor": encode_cursor(page[-1].seq if page else search.after_seq),
             "more": len(found) > search.limit,
         }
@@ -230,8 +240,9 @@ class CatalogApi:
             versions = await queries.versions(viewer, archive_id) if found is not None else []
         if found is None:
             raise _no_product(archive_id, viewer)
-        body = self._product_json(found)
-        body["versions"] = [self._version_json(v, found.version) for v in versions]
+        base = self.link_base(request)
+        body = self._product_json(found, base)
+        body["versions"] = [self._version_json(v, found.version, base) for v in versions]
         return web.json_response(body, dumps=_dumps)
 
     async def download(self, request: web.Request) -> web.FileResponse:
@@ -280,7 +291,11 @@ class CatalogApi:
 
     async def download_script(self, request: web.Request) -> web.Response:
         search = parse_search(
-            request.query, default_limit=self.script_max_files, max_limit=self.script_max_files, countable=False
+            request.query,
+            default_limit=self.script_max_files,
+            max_limit=self.script_max_files,
+            countable=False,
+            nights=self.nights,
         )
         viewer = request[VIEWER]
         async with self._snapshot() as conn:
@@ -288,14 +303,15 @@ class CatalogApi:
                 viewer, search.filter, after_seq=search.after_seq, limit=search.limit + 1
             )
         listed = found[: search.limit]
+        base = self.link_base(request)
         next_url = None
         if len(found) > search.limit:
             rest = [(k, v) for k, v in request.query.items() if k != "cursor"]
             rest.append(("cursor", encode_cursor(listed[-1].seq)))
-            next_url = f"{self.public_url}/v1/products/download-script?{urlencode(rest)}"
+            next_url = f"{base}/v1/products/download-script?{urlencode(rest)}"
         script = render_script(
             (ScriptFile(p.archive_id, p.version, p.original_filename, p.sha256, p.size_bytes) for p in listed),
-            public_url=self.public_url,
+            public_url=base,
             search=request.query_string,
             who=viewer.username or "an anonymous caller (public data only)",
             generated=datetime.now(UTC),
@@ -311,6 +327,17 @@ class CatalogApi:
                 "Cache-Control": "private, no-store",
             },
         )
+
+    async def night_rules(self, request: web.Request) -> web.Response:
+        """Each mission's observing night (skyport.nights) and tonight at its site; public, like the sites."""
+        _only(request, ())
+        now = datetime.now(UTC)
+
+        def described(rule: NightRule) -> dict[str, str]:
+            return {**rule.as_json(), "tonight": rule.tonight(now).isoformat()}
+
+        missions = [{"mission": name, **described(rule)} for name, rule in sorted(self.nights.rules.items())]
+        return web.json_response({"missions": missions, "default": described(self.nights.default)})
 
     async def position(self, request: web.Request) -> web.Response:
         """The newest catalog position (administrators): where a reader of every change starts (the gateway)."""
@@ -488,18 +515,32 @@ class CatalogApi:
             raise ApiError(500, f"{stored.archive_id} version {stored.version} in storage does not match the catalog")
         return path
 
-    def _product_json(self, found: FoundProduct) -> dict[str, Any]:
+    def link_base(self, request: web.Request) -> str:
+        """The address that links in an answer start with: the catalog's public URL, or the host and scheme a
+        proxy in front of the catalog says the caller used (``Forwarded: host=...;proto=...``, RFC 7239).
+
+        The gateway forwards the catalog's API to browsers and says so, so that the download and script links a
+        browser gets point at the gateway, its one address. A caller that sends the header itself only changes
+        the links of its own answer.
+        """
+        forwarded = request.forwarded[0] if request.forwarded else {}
+        host, proto = forwarded.get("host"), forwarded.get("proto", "http")
+        if host is None or proto not in ("http", "https") or not _FORWARDED_HOST.fullmatch(host):
+            return self.public_url
+        return f"{proto}://{host}"
+
+    def _product_json(self, found: FoundProduct, base: str) -> dict[str, Any]:
         body = asdict(found)
         body["cursor"] = encode_cursor(body.pop("seq"))
         body["public"] = found.public_since is not None
-        body["access_url"] = download_url(self.public_url, quote(found.archive_id, safe=""), found.version)
+        body["access_url"] = download_url(base, quote(found.archive_id, safe=""), found.version)
         return body
 
-    def _version_json(self, version: ProductVersion, current: int) -> dict[str, Any]:
+    def _version_json(self, version: ProductVersion, current: int, base: str) -> dict[str, Any]:
         body = asdict(version)
         del body["storage_path"], body["transfer_id"]
         body["current"] = version.version == current
-        body["access_url"] = download_url(self.public_url, quote(version.archive_id, safe=""), version.version)
+        body["access_url"] = download_url(base, quote(version.archive_id, safe=""), version.version)
         return body
 
 

@@ -7,6 +7,9 @@ Search parameters (``GET /v1/products`` and its download script); the API's Open
 - ``t_min`` / ``t_max``: an observation-time range, each an MJD (a plain number) or an ISO 8601 date or time
   (UTC unless it says otherwise); products whose observation overlaps the range match;
 - ``archived_since``: an ISO 8601 date or time; products whose current version was archived then or later;
+- ``night``: ``YYYY-MM-DD``, an observing night of the product's mission's site (``skyport.nights``: the local
+  date on which the night began; KECK's runs from noon to noon in Hawaii), or ``tonight``: the night in progress
+  at each product's own site;
 - ``filename``: a glob on the original file name (``*``, ``?``), case-insensitive;
 - ``target``: a case-insensitive substring of the target name;
 - ``ra``, ``dec``, ``radius``: a cone in degrees, all three together; ra in [0, 360), dec in [-90, 90],
@@ -19,21 +22,35 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from multidict import MultiMapping
 
 import skyport.cursor
 from services.catalog.cataloguing import to_mjd
-from services.catalog.queries import ProductFilter
+from services.catalog.queries import ProductFilter, Tonight
 from services.catalog.sky import Cone, cone
 from skyport.cursor import BadCursor
+from skyport.nights import Nights
 
 MAX_RADIUS_DEG = 10.0
 MAX_TEXT = 256
 _INTENTS = ("science", "calibration")
 _REPEATABLE = ("mission", "propid", "instrument", "level", "intent")
-_SINGLE = ("t_min", "t_max", "archived_since", "filename", "target", "ra", "dec", "radius", "limit", "cursor", "count")
+_SINGLE = (
+    "t_min",
+    "t_max",
+    "night",
+    "archived_since",
+    "filename",
+    "target",
+    "ra",
+    "dec",
+    "radius",
+    "limit",
+    "cursor",
+    "count",
+)
 SEARCH_PARAMETERS = frozenset(_REPEATABLE + _SINGLE)
 
 
@@ -60,10 +77,17 @@ def decode_cursor(cursor: str) -> int:
         raise BadParameter("cursor", f"cursor {cursor[:100]!r} is not one this API gave out (next_cursor)") from None
 
 
-def parse_search(query: MultiMapping[str], *, default_limit: int, max_limit: int, countable: bool = True) -> Search:
+def parse_search(
+    query: MultiMapping[str],
+    *,
+    default_limit: int,
+    max_limit: int,
+    countable: bool = True,
+    nights: Nights | None = None,
+) -> Search:
     """Read a search's parameters; :class:`BadParameter` for an unknown, repeated or malformed one.
 
-    ``countable``: whether ``count`` is one of them.
+    ``countable``: whether ``count`` is one of them; ``nights``: the missions' night rules, for ``night=tonight``.
     """
     taken = SEARCH_PARAMETERS if countable else SEARCH_PARAMETERS - {"count"}
     unknown = sorted(set(query) - taken)
@@ -87,6 +111,7 @@ def parse_search(query: MultiMapping[str], *, default_limit: int, max_limit: int
         intents=intents,
         t_min=t_min,
         t_max=t_max,
+        night=None if single["night"] is None else parse_night(single["night"], nights or Nights()),
         archived_since=None
         if single["archived_since"] is None
         else parse_datetime("archived_since", single["archived_since"]),
@@ -125,6 +150,22 @@ def parse_datetime(parameter: str, text: str) -> datetime:
             parameter, f"{parameter} must be an ISO 8601 date or time such as 2026-03-15T08:00:00Z, not {text[:100]!r}"
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_night(text: str, nights: Nights) -> date | Tonight:
+    """An observing night: the date ``YYYY-MM-DD`` on which it began at the site, or ``tonight`` at each site."""
+    if text == "tonight":
+        now = datetime.now(UTC)
+        by_mission = tuple((mission, rule.tonight(now)) for mission, rule in sorted(nights.rules.items()))
+        return Tonight(by_mission, nights.default.tonight(now))
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise BadParameter(
+            "night", f"night must be a date YYYY-MM-DD (when the night began) or tonight, not {text[:100]!r}"
+        )
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadParameter("night", f"night {text[:100]!r} is not a calendar date") from None
 
 
 def parse_observation_time(parameter: str, text: str) -> float:

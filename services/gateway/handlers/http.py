@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import aiohttp
@@ -39,6 +39,7 @@ _PROGRAM = re.compile(r"^([A-Za-z0-9_.-]{1,64})/([A-Za-z0-9_.-]{1,64})$")
 # The catalog's user API, forwarded as it is: (method, path pattern).
 _FORWARDED = (
     ("GET", re.compile(r"^/v1/me$")),
+    ("GET", re.compile(r"^/v1/nights$")),
     ("GET", re.compile(r"^/v1/products(/[^/]+)?$")),
     ("GET", re.compile(r"^/v1/files/[^/]+$")),
     ("GET", re.compile(r"^/v1/programs/[^/]+/[^/]+/members$")),
@@ -93,6 +94,7 @@ class GatewayApi:
         *,
         queue_limit: int,
         heartbeat: float,
+        public_url: str | None = None,
     ) -> None:
         self.client = client
         self.hub = hub
@@ -101,6 +103,7 @@ class GatewayApi:
         self.metrics = metrics
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
+        self.public_url = public_url
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[security_headers, json_errors], client_max_size=1 << 16)
@@ -169,6 +172,8 @@ class GatewayApi:
         if self.feed.position is None:
             raise ApiError(503, "the gateway is still connecting to the catalog; try again in a moment")
         token, user = await self._authenticate(request, ticket_allowed=True)
+        # Without a night, the stream's backlog is tonight's at each file's own site; hello names the date.
+        named_night = night or await self._tonight(user, selection)
         await ws.prepare(request)
         transport = request.transport
         stream = Stream(
@@ -184,14 +189,14 @@ class GatewayApi:
         start = self.feed.position
         self.hub.attach(stream)
         writer = asyncio.get_running_loop().create_task(stream.write())
-        log.info("client connected", username=user.username, night=night.isoformat(), resume=after is not None)
+        log.info("client connected", username=user.username, night=str(night or "tonight"), resume=after is not None)
         try:
             await stream.put(
                 {
                     "type": "hello",
                     "protocol": PROTOCOL_VERSION,
                     "user": user.username,
-                    "night": night.isoformat(),
+                    "night": named_night.isoformat(),
                     "programs": stream.memberships(),
                     "heartbeat": self.heartbeat,
                     "cursor": after,
@@ -213,6 +218,16 @@ class GatewayApi:
                 await writer
             log.info("client disconnected", username=user.username, close_code=ws.close_code)
         return ws
+
+    async def _tonight(self, user: User, selection: frozenset[Program] | None) -> date:
+        """Tonight at the sites of the programs the stream carries (skyport.nights, with the catalog's rules)."""
+        programs = user.programs if selection is None else user.programs & selection
+        try:
+            nights = await self.client.nights()
+        except (CatalogUnavailable, CatalogRefused) as exc:
+            log.warning("cannot learn the sites' nights from the catalog", error=str(exc))
+            raise ApiError(503, "the catalog is unavailable; try again in a moment") from None
+        return nights.tonight({mission for mission, _ in programs})
 
     async def _backlog(self, stream: Stream, start: int, after: str | None) -> None:
         try:
@@ -238,6 +253,8 @@ class GatewayApi:
         if token is None and "ticket" in request.query and path.startswith("/v1/files/"):
             token, _ = await self._authenticate(request, ticket_allowed=True)
         headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
+        # The catalog builds its download and script links on the address the browser used: the gateway's.
+        headers["Forwarded"] = self._forwarded(request)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         body = await request.read() if request.can_read_body else None
@@ -259,17 +276,27 @@ class GatewayApi:
             log.warning("the catalog did not answer a forwarded request", path=path, error=repr(exc))
             raise ApiError(502, "the catalog is unavailable; try again in a moment") from None
 
+    def _forwarded(self, request: web.Request) -> str:
+        """RFC 7239's ``Forwarded`` for the catalog: the gateway's public address, or the one this request came to."""
+        if self.public_url is not None:
+            scheme, _, host = self.public_url.partition("://")
+        else:
+            scheme, host = request.scheme, request.host
+        return f'host="{host}";proto={scheme}'
 
-def _stream_parameters(request: web.Request) -> tuple[date, str | None, frozenset[Program] | None]:
+
+def _stream_parameters(request: web.Request) -> tuple[date | None, str | None, frozenset[Program] | None]:
     query = request.query
     unknown = set(query) - {"night", "cursor", "program", "ticket"}
     if unknown:
         raise ApiError(400, f"unknown parameter {sorted(unknown)[0]!r}: use night, cursor, program, ticket")
     night_text = query.get("night") or ""
     try:
-        night = date.fromisoformat(night_text) if night_text else datetime.now(UTC).date()
+        night = date.fromisoformat(night_text) if night_text else None  # None: tonight, once the user is known
     except ValueError:
-        raise ApiError(400, f"night must be a UT date YYYY-MM-DD, not {night_text[:40]!r}") from None
+        raise ApiError(
+            400, f"night must be a date YYYY-MM-DD (when the site's night began), not {night_text[:40]!r}"
+        ) from None
     after = query.get("cursor")
     if after is not None:
         try:

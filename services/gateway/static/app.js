@@ -39,7 +39,10 @@ const table = {
 const link = {
   generation: 0, // every attempt has its own; events of an older attempt are ignored
   socket: null,
-  night: todayUT(),
+  // The observing night of the sites (named by the local date it began on; the gateway and catalog decide):
+  // null follows tonight, whose date the stream's hello names (tonight); a date is a night the user chose.
+  night: null,
+  tonight: null,
   cursor: null, // the cursor of the last message received for this night
   attempt: 0, // failed attempts since the stream was last live: sets the back-off
   heartbeat: DEFAULT_HEARTBEAT_S,
@@ -292,7 +295,8 @@ async function open(generation) {
     return;
   }
   if (generation !== link.generation) return;
-  const params = new URLSearchParams({ ticket, night: link.night });
+  const params = new URLSearchParams({ ticket });
+  if (link.night) params.set("night", link.night);
   if (link.cursor) params.set("cursor", link.cursor);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   let socket;
@@ -341,9 +345,16 @@ function receive(message) {
         armWatchdog(link.generation);
       }
       if (Array.isArray(message.programs)) setPrograms(message.programs);
+      if (!link.night && typeof message.night === "string") {
+        link.tonight = message.night;
+        $("night").value = message.night;
+      }
       setConnection("connecting", link.resumed ? "Catching up…" : "Loading the night…");
       break;
     case "file":
+      // A chosen night shows its own files only, as its backlog does after a reload; following tonight,
+      // every change is news (a file of a night just begun, a reprocessed one).
+      if (link.night && message.file && message.file.night !== link.night) break;
       if (message.file && typeof message.file.archive_id === "string") {
         // New to this page: a live change, or a change missed while disconnected (a resumed backlog).
         // A first backlog, or a newly granted program's, is the night so far: listed, not downloaded.
@@ -556,7 +567,8 @@ function timeCell(observedAt) {
   time.dateTime = iso;
   time.title = `${iso.slice(0, 10)} ${iso.slice(11, 19)} UT`;
   // The night's own date goes without saying; a file from the evening before shows its date.
-  time.textContent = iso.slice(0, 10) === link.night ? iso.slice(11, 19) : `${iso.slice(5, 10)} ${iso.slice(11, 19)}`;
+  const night = link.night || link.tonight;
+  time.textContent = iso.slice(0, 10) === night ? iso.slice(11, 19) : `${iso.slice(5, 10)} ${iso.slice(11, 19)}`;
   td.append(time);
   return td;
 }
@@ -596,10 +608,6 @@ function formatSize(bytes) {
     unit += 1;
   }
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
-}
-
-function todayUT() {
-  return new Date().toISOString().slice(0, 10);
 }
 
 function sortBy(column) {
@@ -847,7 +855,6 @@ function showView(name) {
 // --- wiring -----------------------------------------------------------------------------------------------
 
 function start() {
-  $("night").value = link.night;
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const token = $("token").value.trim();
@@ -868,8 +875,10 @@ function start() {
   }
   $("search").addEventListener("input", scheduleRender);
   $("night").addEventListener("change", () => {
-    const night = $("night").value;
-    if (!/^\d{4}-\d{2}-\d{2}$/.test(night) || night === link.night) return;
+    const chosen = $("night").value;
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(chosen)) return;
+    const night = chosen === link.tonight ? null : chosen; // tonight again: follow it
+    if (night === link.night) return;
     link.night = night;
     link.cursor = null; // a cursor belongs to its night's stream
     clearFiles();

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from skyport.instruments.models import Instrument, Mission, ProductMatch
+from skyport.nights import Nights
 
 MISSION_FILE = "mission.toml"
 
@@ -120,6 +121,10 @@ class InstrumentCatalog:
         """
         order = self.mission(mission)
         return order.level_index(level) >= order.level_index(minimum)
+
+    def nights(self) -> Nights:
+        """Each mission's observing-night rule (:mod:`skyport.nights`)."""
+        return Nights({name: mission.night for name, mission in self.missions.items()})
 
     def products(self) -> Iterator[ProductMatch]:
         """Every (instrument, product) pair, in configuration order."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from skyport.events.models import DataproductType
 from skyport.files import check_relative_path
+from skyport.nights import DEFAULT_RULE, NightRule
 
 if TYPE_CHECKING:
     from skyport.instruments.evaluation import Evaluation
@@ -460,12 +461,16 @@ class ProductKind(_Frozen):
 
 
 class Mission(_Frozen):
-    """A mission (observatory): its ordered processing levels and its default release rule."""
+    """A mission (observatory): its ordered processing levels, its default release rule and its observing night."""
 
     name: str = Field(description="e.g. 'KECK', 'JWST'")
     description: str = ""
     levels: tuple[str, ...] = Field(description="Processing levels, lowest first: KECK 0, 1, 2; JWST 1b, 2a, 2b, 3.")
     release: ReleaseRule
+    night: NightRule = Field(
+        default=DEFAULT_RULE,
+        description="The site's observing night (time zone, boundary hour): which night a file belongs to.",
+    )
     simulate: MissionSimulation = MissionSimulation()
     source: str = Field(default="", description="The file it was read from.")
 

@@ -9,7 +9,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="same seed and night, same files (default: a new seed, printed)")
     parser.add_argument(
-        "--night", type=date.fromisoformat, help="UT date the night starts on, YYYY-MM-DD (default: today, UT)"
+        "--night",
+        type=date.fromisoformat,
+        help="the observing night, YYYY-MM-DD: the local date at the site when it begins (default: tonight)",
     )
     parser.add_argument("--instruments", help="comma-separated instruments to simulate, e.g. HIRES,KECK/KCWI")
     parser.add_argument(
@@ -125,12 +127,15 @@ def main(args: argparse.Namespace) -> int:
             return 2
         programs.setdefault(mission.upper(), []).append(propid)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    night = args.night or datetime.now(UTC).date()
     sizes = [args.size] if args.size else (args.sizes or _parse_sizes(DEFAULT_SIZES))
     instruments = [name.strip() for name in args.instruments.split(",")] if args.instruments else None
     chunk_bytes = 4 << 20
     chunk_delay = chunk_bytes / args.write_rate if args.write_rate else 0.0
-    simulator = Simulator(catalog, args.root, seed=seed, night=night, programs=programs)
+    simulator = Simulator(catalog, args.root, seed=seed, night=args.night, programs=programs)
+    # Without --night, each mission's tonight at its site (skyport.nights), which may differ by a day.
+    nights = sorted({simulator.night_of(mission) for mission in catalog.missions})
+    night = " or ".join(str(n) for n in nights) if args.night is None else args.night
+    repeat = f"--seed {seed}" + (f" --night {nights[0]}" if len(nights) == 1 else "")
     tally = _Tally()
     amount = f"{args.count} files" if args.count else (f"{args.duration:g} s" if args.duration else "until interrupted")
     print(
@@ -166,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"wrote {tally.files} files ({tally.bad} bad), {_human(tally.bytes)} in {elapsed:.1f} s "
         f"({tally.files / elapsed:.2f} files/s, {_human(tally.bytes / elapsed)}/s); "
-        f"repeat with --seed {seed} --night {night}",
+        f"repeat with {repeat}",
         flush=True,
     )
     return status

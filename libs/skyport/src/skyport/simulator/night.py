@@ -1,7 +1,8 @@
 """The night simulator: observations for several instruments and programs, written as FITS files into watched folders.
 
-Each instrument observes in turn through a simulated night (its own clock from ``night`` 05:00 UT, exposures and
-overheads drawn from the seed); each observation is one raw file, and pipeline products (KCWI quick-look cubes,
+Each instrument observes in turn through a simulated night (its own clock from the evening of ``night`` at its
+mission's site, seven hours after the night's boundary: 19:00 in Hawaii for KECK; exposures and overheads drawn
+from the seed); each observation is one raw file, and pipeline products (KCWI quick-look cubes,
 JWST ``_cal`` files) follow the raw file they are made from, with its header.  Files land where the instrument
 configuration's product folders say, written in place in chunks or under a hidden name and renamed.  The same seed,
 night and sequence of calls give the same headers, archive IDs and bytes.
@@ -128,6 +129,10 @@ class _Planned:
     damage: Literal["truncate", "flip"] | None = None
 
 
+_EVENING = timedelta(hours=7)
+"""From a night's boundary to its first exposure: 19:00 local at a site whose nights run noon to noon."""
+
+
 @dataclass
 class _ObsetState:
     obset: int
@@ -138,7 +143,8 @@ class _ObsetState:
 class Simulator:
     """Writes a seeded simulated night of FITS files under ``root`` (the monitor's watch root).
 
-    ``seed`` and ``night`` (the UT date the night starts on; default today) decide everything: observation times,
+    ``seed`` and ``night`` (the observing night, :mod:`skyport.nights`; default tonight at each mission's site) decide
+    everything: observation times,
     programs, targets, header values, file names and data bytes.  ``programs`` maps a mission to the programs
     observed (default: each ``mission.toml``'s ``[simulate] programs``).  ``checksum_fraction`` of the files of
     instruments that write checksums get CHECKSUM and DATASUM.
@@ -159,7 +165,10 @@ class Simulator:
         self.catalog = catalog
         self.root = Path(root)
         self.seed = seed
-        self.night = night or datetime.now(UTC).date()
+        self.night = night
+        """The night asked for; None: tonight at each mission's site (:meth:`night_of`)."""
+        now = datetime.now(UTC)
+        self._nights = {name: night or m.night.tonight(now) for name, m in catalog.missions.items()}
         self.checksum_fraction = checksum_fraction
         self.programs: dict[str, tuple[str, ...]] = {}
         for mission in catalog.missions.values():
@@ -176,6 +185,10 @@ class Simulator:
         self._frames: dict[str, int] = {}
         self._obsets: dict[tuple[str, str], _ObsetState] = {}
         self._awaiting: dict[str, deque[_Observation]] = {}
+
+    def night_of(self, mission: str) -> date:
+        """The observing night simulated for ``mission`` (skyport.nights: named by its local start date)."""
+        return self._nights[self.catalog.mission(mission).name]
 
     # --- what can be simulated ---------------------------------------------------------------------------
 
@@ -253,7 +266,8 @@ class Simulator:
         self._observations[key] = number
         draw = self._random(key, "observation", number)
         if key not in self._clocks:
-            start = datetime(self.night.year, self.night.month, self.night.day, 5, tzinfo=UTC)
+            night_begins, _ = self.catalog.mission(instrument.mission).night.span(self.night_of(instrument.mission))
+            start = night_begins + _EVENING
             self._clocks[key] = start + timedelta(seconds=round(draw.uniform(0, 900), 2))
         observed_at = self._clocks[key]
 
@@ -286,7 +300,7 @@ class Simulator:
 
         context: dict[str, Any] = {
             "seed": self.seed,
-            "night": self.night.isoformat(),
+            "night": self.night_of(instrument.mission).isoformat(),
             "mission": instrument.mission,
             "instrument": instrument.name,
             "observation": number,
