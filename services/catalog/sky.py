@@ -108,6 +108,9 @@ def cone_depth(radius: float) -> int:
     """
     if radius >= _CELL_SIZE_DEG_AT_DEPTH_0:
         return 0
+    if radius <= _CELL_SIZE_DEG_AT_DEPTH_0 / 2**_MAX_CONE_DEPTH:
+        # Smaller than the deepest cells: the ratio below could overflow (a subnormal radius such as 1e-308).
+        return _MAX_CONE_DEPTH
     return min(_MAX_CONE_DEPTH, math.floor(math.log2(_CELL_SIZE_DEG_AT_DEPTH_0 / radius)) + 1)
 
 

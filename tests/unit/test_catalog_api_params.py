@@ -56,6 +56,14 @@ def test_a_bad_search_parameter_is_named(pairs: list[tuple[str, str]], parameter
     assert refused.value.parameter == parameter
 
 
+@pytest.mark.parametrize("radius", ["1.1e-308", "5e-324", "1e-12"])
+def test_a_radius_too_small_for_any_sky_cell_is_still_a_cone(radius: str) -> None:
+    found = parse_search(MultiDict([("ra", "10"), ("dec", "-20"), ("radius", radius)]), default_limit=1, max_limit=1)
+    assert found.filter.cone is not None
+    assert found.filter.cone.radius == float(radius)
+    assert found.filter.cone.ranges  # the deepest cells that hold the centre
+
+
 def test_a_file_is_saved_under_its_archive_id_whatever_its_name() -> None:
     assert local_name("HI.20260315.12345.67", "hires0001.fits") == "HI.20260315.12345.67.fits"
     assert local_name("jw01011_cal", "jw01011_cal.FITS.gz") == "jw01011_cal.fits.gz"

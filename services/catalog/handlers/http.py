@@ -27,12 +27,13 @@ from urllib.parse import quote, urlencode
 import asyncpg
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.catalog.access import (
     ANONYMOUS,
-    ROLES,
     NotAllowed,
     UnknownProgram,
     UnknownUser,
@@ -43,6 +44,7 @@ from services.catalog.access import (
 )
 from services.catalog.bulk import ScriptFile, render_script
 from services.catalog.dataset_events import download_url
+from services.catalog.handlers.bodies import EarlyRelease, MemberGrant, TokenRequest
 from services.catalog.handlers.params import BadParameter, parse_int, parse_search
 from services.catalog.membership import MembershipRefused, grant, revoke
 from services.catalog.queries import (
@@ -57,14 +59,12 @@ from services.catalog.settings import CatalogSettings
 from services.catalog.storage import ProductVersion, ProgramStore, UserStore
 from skyport.cursor import encode_cursor
 from skyport.db import Database
-from skyport.http import CHALLENGE, ApiError, bearer_token
+from skyport.http import CHALLENGE, ApiError, bearer_token, json_body, refuse_nul
 from skyport.nights import NightRule, Nights
 
 SEARCH_DEFAULT_LIMIT = 100
 SEARCH_MAX_LIMIT = 1000
 SCRIPT_MAX_FILES = 10_000
-MAX_LABEL = 100
-MAX_RELEASE_IDS = 10_000
 _MAX_TOKEN = 256
 _TOKEN_ID = re.compile(rf"^[0-9a-f]{{{TOKEN_ID_LENGTH}}}$")
 _PROGRAM_WORD = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -149,7 +149,9 @@ class CatalogApi:
         self.script_max_files = script_max_files
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.measure, json_errors, self.authenticate], client_max_size=1 << 20)
+        app = web.Application(
+            middlewares=[self.measure, json_errors, refuse_nul, self.authenticate], client_max_size=1 << 20
+        )
         router = app.router
         router.add_get("/v1/products", self.search)
         router.add_get("/v1/products/download-script", self.download_script)  # before {archive_id}
@@ -287,7 +289,7 @@ class CatalogApi:
             )
         # Archive storage holds one file per version folder, so FileResponse's look for a pre-compressed
         # sibling (.gz, .br) finds nothing and the bytes served are the catalogued ones.
-        return web.FileResponse(path, headers=headers)
+        return _ArchivedFile(path, headers=headers)
 
     async def download_script(self, request: web.Request) -> web.Response:
         search = parse_search(
@@ -399,10 +401,7 @@ class CatalogApi:
         viewer = _user(request)
         mission, propid = _program(request)
         username = request.match_info["username"].lower()
-        body = await _json_object(request, fields=("role",), required=True)
-        role = body.get("role")
-        if role not in ROLES:
-            raise BadParameter("role", f"role must be one of {', '.join(ROLES)}, not {json.dumps(role)[:100]}")
+        role = (await json_body(request, MemberGrant)).role
         async with self.db.transaction() as conn:
             change = await grant(conn, viewer, mission, propid, username, role)
         return web.json_response(
@@ -424,14 +423,7 @@ class CatalogApi:
         _only(request, ())
         viewer = _user(request)
         mission, propid = _program(request)
-        body = await _json_object(request, fields=("archive_ids",), required=False)
-        archive_ids = body.get("archive_ids")
-        if archive_ids is not None and (
-            not isinstance(archive_ids, list)
-            or not all(isinstance(a, str) for a in archive_ids)
-            or len(archive_ids) > MAX_RELEASE_IDS
-        ):
-            raise BadParameter("archive_ids", f"archive_ids must be a list of at most {MAX_RELEASE_IDS} archive IDs")
+        archive_ids = (await json_body(request, EarlyRelease, required=False)).archive_ids
         async with self.db.transaction() as conn:
             released = await release_early(
                 conn,
@@ -452,10 +444,7 @@ class CatalogApi:
         _only(request, ())
         viewer = _user(request)
         assert viewer.user_id is not None
-        body = await _json_object(request, fields=("label",), required=False)
-        label = body.get("label", "")
-        if not isinstance(label, str) or len(label) > MAX_LABEL:
-            raise BadParameter("label", f"label must be text of at most {MAX_LABEL} characters")
+        label = (await json_body(request, TokenRequest, required=False)).label
         async with self.db.transaction() as conn:
             token = await UserStore(conn).issue_token(viewer.user_id, label)
             issued = await TokenQueries(conn).get(viewer.user_id, token_id_of(token))
@@ -581,24 +570,21 @@ def _only(request: web.Request, allowed: Collection[str]) -> None:
             raise BadParameter(name, f"{name} is given more than once")
 
 
-async def _json_object(request: web.Request, *, fields: Collection[str], required: bool) -> dict[str, Any]:
-    """The request's JSON object body, with only ``fields``; an empty body is ``{}`` unless ``required``."""
-    raw = await request.read()
-    example = "{" + ", ".join(f'"{f}": ...' for f in fields) + "}"
-    if not raw.strip():
-        if required:
-            raise ApiError(400, f"this request needs a JSON body: {example}")
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON ({exc}); expected {example}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object: {example}")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise BadParameter(unknown[0], f"unknown field {unknown[0]!r} in the body; expected {example}")
-    return body
+class _ArchivedFile(web.FileResponse):
+    """A stored file; a ``Range`` that is not a byte range (empty, another unit, malformed) is ignored.
+
+    RFC 9110 (14.2) lets a server ignore a Range it cannot use, and the whole file is the useful answer; aiohttp
+    would answer 416, which the document keeps for a range that starts past the end of the file.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            request.http_range  # noqa: B018 (parsing is the check)
+        except ValueError:
+            headers = CIMultiDict(request.headers)
+            del headers["Range"]
+            request = request.clone(headers=headers)
+        return await super().prepare(request)
 
 
 def _attachment(filename: str) -> str:

@@ -1,10 +1,17 @@
-"""What Skyport's HTTP APIs share: the JSON error they answer with, and reading a bearer token."""
+"""What Skyport's HTTP APIs share: the JSON error they answer with, reading a bearer token, and the checks every
+input passes at the edge (no NUL character anywhere; JSON bodies validated by the models the documents show)."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ValidationError
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 CHALLENGE = 'Bearer realm="skyport"'
 """The ``WWW-Authenticate`` challenge of every API that takes bearer tokens."""
@@ -37,3 +44,110 @@ def bearer_token(request: web.Request) -> str | None:
             headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_request"'},
         )
     return token
+
+
+def check_no_nul(parameter: str, value: str, *, status: int = 400) -> None:
+    """Refuse text holding a NUL character (:class:`ApiError` ``status`` naming ``parameter``).
+
+    PostgreSQL cannot store or compare a NUL in text ("invalid byte sequence for encoding UTF8: 0x00"), no
+    name or value of ours has one, and a value that reached a query would be a server error instead of the
+    caller's.
+    """
+    if "\x00" in value:
+        raise ApiError(status, f"{parameter[:100]!r} must not contain a NUL character (\\x00)", parameter=parameter)
+
+
+@web.middleware
+async def refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every query parameter (name and value), path parameter and header of every route, checked once here.
+
+    JSON bodies are checked where they are read (:func:`json_body`); other bodies are bytes, never text.
+    """
+    for name, value in request.query.items():
+        check_no_nul(name, name)
+        check_no_nul(name, value)
+    for name, value in request.match_info.items():
+        check_no_nul(name, value)
+    for name, value in request.headers.items():
+        check_no_nul(name, value)
+    return await handler(request)
+
+
+async def json_body(
+    request: web.Request, model: type[BodyT], *, required: bool = True, status: int = 400, limit: str = ""
+) -> BodyT:
+    """The request's JSON body validated by ``model`` (strictly: a number is not a date, nor text a number).
+
+    An empty body is ``{}`` unless ``required``. Refusals are :class:`ApiError` ``status`` naming the first
+    field at fault in ``parameter``, every field's problem in ``errors``; ``limit`` is said when the body is too
+    large for the API (aiohttp's ``client_max_size``).
+    """
+    example = "{" + ", ".join(f'"{name}": ...' for name in model.model_fields) + "}"
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"the body is too large for this API{limit}") from None
+    if not raw.strip():
+        if required:
+            raise ApiError(status, f"this request needs a JSON body: {example}")
+        raw = b"{}"
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(status, f"the body is not valid JSON ({exc}); expected {example}") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(status, f"the body must be a JSON object: {example}")
+    for field, text in _texts(parsed, ""):
+        check_no_nul(field or "body", text, status=status)
+    try:
+        # JSON mode, strictly, after writing integral numbers as integers: 2.0 is an integer in JSON Schema.
+        return model.model_validate_json(json.dumps(_integral(parsed)), strict=True)
+    except ValidationError as exc:
+        errors = [{"field": _field(e["loc"]), "message": _message(e)} for e in exc.errors()]
+        first = errors[0]
+        raise ApiError(
+            status, f"{first['message']}; expected {example}", parameter=first["field"], errors=errors
+        ) from None
+
+
+def _texts(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string in a parsed JSON document, object keys included, with the dotted path to it."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else key
+            yield path, key
+            yield from _texts(item, path)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{where}.{index}" if where else str(index))
+
+
+def _integral(value: Any) -> Any:
+    """The parsed JSON document with every number that has no fraction (``2.0``) as an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _message(error: Any) -> str:
+    """Pydantic's description of one field's problem, in the words of our other refusals."""
+    field = _field(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown field {field!r} in the body"
+    if error["type"] == "literal_error":
+        return f"{field} must be one of {error['ctx']['expected']}, not {json.dumps(error['input'])[:100]}"
+    if error["type"] == "list_type":
+        return f"{field} must be a list (a JSON array)"
+    if error["type"] == "value_error":
+        return f"{field} {error['ctx']['error']}"
+    return f"{field}: {error['msg']}"
