@@ -260,3 +260,31 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert output[-1].startswith("wrote 4 files (0 bad)")
     assert "repeat with --seed 5 --night 2026-03-15" in output[-1]
     assert len(list(tmp_path.rglob("*.fits"))) == 4
+
+
+def test_a_restarted_night_continues_and_never_overwrites_a_file(catalog: InstrumentCatalog, tmp_path: Path) -> None:
+    first = Simulator(catalog, tmp_path, seed=1, night=NIGHT)
+    before = [first.write_file("HIRES", "raw", size_bytes=SMALL) for _ in range(3)]
+    written = {f.path: f.path.read_bytes() for f in before}
+
+    # Started again over the same folders, with another seed, as `make demo` is after Ctrl-C.
+    again = Simulator(catalog, tmp_path, seed=2, night=NIGHT)
+    after = [again.write_file("HIRES", "raw", size_bytes=SMALL) for _ in range(2)]
+
+    assert [f.path.name for f in after] == ["hires0004.fits", "hires0005.fits"]
+    assert {path: path.read_bytes() for path in written} == written  # nothing already written was touched
+    assert all(a.observed_at and b.observed_at and a.observed_at > b.observed_at for a in after for b in before)
+    assert len({f.archive_id for f in before + after}) == 5
+
+
+def test_a_taken_file_name_is_skipped_not_overwritten(catalog: InstrumentCatalog, tmp_path: Path) -> None:
+    # A file named as the simulator's next one, by another program (no header the simulator can read).
+    taken = tmp_path / "jwst" / "nircam" / "uncal"
+    planned = Simulator(catalog, tmp_path / "dry", seed=5, night=NIGHT).write_file("NIRCAM", "uncal", size_bytes=SMALL)
+    taken.mkdir(parents=True)
+    (taken / planned.path.name).write_bytes(b"not ours")
+
+    simulated = Simulator(catalog, tmp_path, seed=5, night=NIGHT).write_file("NIRCAM", "uncal", size_bytes=SMALL)
+
+    assert simulated.path.name != planned.path.name
+    assert (taken / planned.path.name).read_bytes() == b"not ours"

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -23,7 +26,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -43,6 +46,70 @@ log = structlog.get_logger("skyport.runtime")
 EVENT_ID_RETENTION = timedelta(days=30)
 
 Lifespan = Callable[["ServiceContext"], AbstractAsyncContextManager[None]]
+# While a stop takes longer than this, say every so often what it still waits for: a silent wait looks hung.
+STILL_STOPPING_EVERY = 5.0
+
+
+class ShutdownProgress:
+    """The steps a stopping process still waits for, and where each waits (file, line and function)."""
+
+    def __init__(self) -> None:
+        self._steps: dict[str, tuple[asyncio.Task[Any] | None, Callable[[], str] | None]] = {}
+        self._reporter: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def step(self, name: str, detail: Callable[[], str] | None = None) -> AsyncIterator[None]:
+        """Count the body of the block as a step of the stop; ``detail()`` says more about it when it is logged."""
+        self._steps[name] = (asyncio.current_task(), detail)
+        try:
+            yield
+        finally:
+            self._steps.pop(name, None)
+
+    async def run(self, name: str, stopping: Callable[[], Awaitable[Any]]) -> None:
+        async with self.step(name):
+            await stopping()
+
+    def waiting_for(self) -> list[str]:
+        steps = []
+        for name, (task, detail) in list(self._steps.items()):
+            more = [text for text in (detail() if detail else "", _where(task)) if text]
+            steps.append(f"{name} ({'; '.join(more)})" if more else name)
+        return steps
+
+    def start_reporting(self, every: float | None = None) -> None:
+        """From now until :meth:`stop_reporting`, log what the stop still waits for every ``every`` seconds."""
+        self._reporter = asyncio.create_task(self._report(every or STILL_STOPPING_EVERY), name="still stopping")
+
+    def stop_reporting(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+
+    async def _report(self, every: float) -> None:
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            if self._steps:
+                log.warning("still stopping", waiting_for=self.waiting_for(), seconds=round(time.monotonic() - started))
+
+
+_ASYNCIO = str(Path(asyncio.__file__).parent)
+
+
+def _where(task: asyncio.Task[Any] | None) -> str:
+    """The innermost coroutine frame ``task`` waits in: what a stuck stop is stuck on."""
+    if task is None or task.done():
+        return ""
+    coroutine: Any = task.get_coro()
+    frame = None
+    while coroutine is not None:
+        inner = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "gi_frame", None)
+        if inner is not None and not inner.f_code.co_filename.startswith(_ASYNCIO):
+            frame = inner  # asyncio's own frames (sleep, wait_for, gather) say nothing of what is awaited
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "gi_yieldfrom", None)
+    if frame is None:
+        return ""
+    return f"waits in {frame.f_code.co_name} at {Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +143,7 @@ class ServiceContext:
     log: structlog.stdlib.BoundLogger = field(default_factory=lambda: structlog.get_logger("skyport"))
     readiness_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     stop_hooks: list[Callable[[float], Awaitable[None]]] = field(default_factory=list)
+    shutdown: ShutdownProgress = field(default_factory=ShutdownProgress)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -118,6 +186,20 @@ class ServiceContext:
     @asynccontextmanager
     async def serve_http(self, app: web.Application, host: str, port: int, *, api: str) -> AsyncIterator[int]:
         """Serve ``app`` for the body of the block (yields the bound port); it stops before the pools close."""
+        # aiohttp waits for every request in flight at stop, a WebSocket's included: close the WebSockets (1001,
+        # going away) when it stops, so that a client left connected never holds the stop for shutdown_timeout.
+        sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+        async def remember_socket(request: web.Request, response: web.StreamResponse) -> None:
+            if isinstance(response, web.WebSocketResponse):
+                sockets.add(response)
+
+        async def close_sockets(app: web.Application) -> None:
+            going_away = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping") for ws in list(sockets)]
+            await asyncio.gather(*going_away, return_exceptions=True)
+
+        app.on_response_prepare.append(remember_socket)
+        app.on_shutdown.append(close_sockets)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
         await runner.setup()
         try:
@@ -127,7 +209,12 @@ class ServiceContext:
             self.log.info("HTTP API listening", api=api, host=host, port=bound)
             yield bound
         finally:
-            await runner.cleanup()
+            # aiohttp gives requests in flight (WebSockets included) shutdown_timeout seconds to end.
+            def connections() -> str:
+                return f"{len(runner.server.connections) if runner.server else 0} connection(s) open"
+
+            async with self.shutdown.step(f"{self.name}: {api} HTTP API", connections):
+                await runner.cleanup()
 
     def start_outbox_relay(self) -> OutboxRelay:
         relay = OutboxRelay(self.database, self.bus, metrics=self.metrics, service=self.name)
@@ -173,7 +260,8 @@ class HealthServer:
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # A health check or a scrape is answered at once: nothing here is worth waiting for at stop.
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -240,14 +328,16 @@ async def _run(specs: Sequence[ServiceSpec], common: CommonSettings, stop: async
     registry = CollectorRegistry()
     metrics = BusMetrics(registry)
     bus_service = names[0] if len(names) == 1 else "skyport"
+    shutdown = ShutdownProgress()
     async with AsyncExitStack() as stack:
+        stack.callback(shutdown.stop_reporting)  # the last thing the stop does
         bus: Bus | None = None
         if any(spec.uses_bus for spec in specs):
             bus = create_bus(
                 common.bus_url, metrics=metrics, service=bus_service, publish_timeout=common.publish_timeout
             )
             await bus.start()
-            stack.push_async_callback(bus.close)
+            stack.push_async_callback(shutdown.run, "bus: connection", bus.close)
         databases: list[Database] = []
         contexts: list[ServiceContext] = []
         for spec in specs:
@@ -258,30 +348,53 @@ async def _run(specs: Sequence[ServiceSpec], common: CommonSettings, stop: async
                 bus if spec.uses_bus else None,
                 metrics,
                 log=structlog.get_logger("skyport").bind(service=spec.name),
+                shutdown=shutdown,
             )
             contexts.append(ctx)
             if spec.migrations is not None:
                 ctx.db = await _open_database(spec, settings)
-                stack.push_async_callback(ctx.db.close)
+                stack.push_async_callback(shutdown.run, f"{spec.name}: database pool", ctx.db.close)
                 databases.append(ctx.db)
-            stack.push_async_callback(ctx.cancel_tasks)
+            stack.push_async_callback(shutdown.run, f"{spec.name}: background tasks", ctx.cancel_tasks)
             if ctx.db is not None:
                 ctx.spawn(_forget_old_events(ctx.db), "forget old event ids")
-            await stack.enter_async_context(spec.lifespan(ctx))
+            await _enter_lifespan(stack, shutdown, spec.name, spec.lifespan(ctx))
             log.info("service started", service=spec.name)
         checks = {f"{ctx.name}:{name}": check for ctx in contexts for name, check in ctx.readiness_checks.items()}
         health = HealthServer(bus, databases, registry, checks)
         await health.start(common.health_host, common.health_port)
-        stack.push_async_callback(health.stop)
+        stack.push_async_callback(shutdown.run, "health server", health.stop)
         log.info("ready", services=names, health_port=health.port)
         await stop.wait()
         log.info("shutting down", services=names, timeout=common.shutdown_timeout)
+        shutdown.start_reporting()
         timeout = common.shutdown_timeout
-        stopping = [hook(timeout) for ctx in contexts for hook in ctx.stop_hooks]
+        stopping = [
+            shutdown.run(f"{ctx.name}: {_name_of(hook)}", functools.partial(hook, timeout))
+            for ctx in contexts
+            for hook in ctx.stop_hooks
+        ]
         if bus is not None:
-            stopping.append(bus.stop_consuming(timeout))
-        await asyncio.gather(*stopping)
+            stopping.append(shutdown.run("bus: handlers in flight", functools.partial(bus.stop_consuming, timeout)))
+        await asyncio.gather(*(asyncio.create_task(step) for step in stopping))
     log.info("stopped", services=names)
+
+
+def _name_of(hook: Callable[..., Any]) -> str:
+    return str(getattr(hook, "__qualname__", "stop hook")).rsplit(".<locals>.", 1)[-1]
+
+
+async def _enter_lifespan(
+    stack: AsyncExitStack, shutdown: ShutdownProgress, name: str, lifespan: AbstractAsyncContextManager[None]
+) -> None:
+    """Enter a service's lifespan; its exit, at stop, is a step of the shutdown that is reported while it waits."""
+    await lifespan.__aenter__()
+
+    async def leave(*exc_info: Any) -> bool | None:
+        async with shutdown.step(f"{name}: lifespan"):
+            return await lifespan.__aexit__(*exc_info)
+
+    stack.push_async_exit(leave)
 
 
 async def _forget_old_events(db: Database) -> None:

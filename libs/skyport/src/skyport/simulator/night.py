@@ -11,10 +11,12 @@ night and sequence of calls give the same headers, archive IDs and bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
 import random
+import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 from astropy.coordinates import SkyCoord
 
-from skyport.fits import FITS_BLOCK, InvalidFile, padded_size
+from skyport.fits import FITS_BLOCK, InvalidFile, padded_size, read_header
 from skyport.instruments import Evaluation, Instrument, InstrumentCatalog, KeywordType, ProductKind, ProductMatch
 from skyport.instruments.evaluation import check_keyword
 from skyport.simulator.headers import FORMATTER, SimulationError, Target, format_datetime, format_time, header_values
@@ -131,6 +133,12 @@ class _Planned:
 
 _EVENING = timedelta(hours=7)
 """From a night's boundary to its first exposure: 19:00 local at a site whose nights run noon to noon."""
+
+
+# A restarted night's first exposure starts this long after the newest file's observation.
+_RESUME_GAP = timedelta(minutes=2)
+# Observations skipped, at most, because their file name is taken, before the simulator gives up.
+_MAX_TAKEN_NAMES = 10_000
 
 
 @dataclass
@@ -266,9 +274,13 @@ class Simulator:
         self._observations[key] = number
         draw = self._random(key, "observation", number)
         if key not in self._clocks:
+            frameno, last_observed = self._resume(instrument)
+            self._frames[key] = max(self._frames.get(key, 0), frameno)
             night_begins, _ = self.catalog.mission(instrument.mission).night.span(self.night_of(instrument.mission))
             start = night_begins + _EVENING
             self._clocks[key] = start + timedelta(seconds=round(draw.uniform(0, 900), 2))
+            if last_observed is not None and last_observed + _RESUME_GAP > self._clocks[key]:
+                self._clocks[key] = last_observed + _RESUME_GAP  # the night goes on where the files stop
         observed_at = self._clocks[key]
 
         programs = self.programs.get(instrument.mission, ())
@@ -326,7 +338,48 @@ class Simulator:
 
     # --- planning ----------------------------------------------------------------------------------------------
 
+    def _resume(self, instrument: Instrument) -> tuple[int, datetime | None]:
+        """Where the files already under ``root`` leave this instrument's night: the highest frame number its file
+        names carry (a ``frameno`` group of its naming rule) and the newest observation start its headers give.
+
+        A simulator started again over the same folders (``make demo`` after Ctrl-C) continues the night, as the
+        instrument's software would after a restart, instead of writing frame 1 again over a file already sent.
+        """
+        frame_rule = re.compile(instrument.filename.regex) if instrument.filename else None
+        frameno = 0
+        newest: list[tuple[float, Path, ProductKind]] = []
+        for product in instrument.products:
+            folder = self.root / product.folder
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.name.startswith(".") or not path.is_file():
+                    continue
+                found = frame_rule.fullmatch(path.name) if frame_rule else None
+                if found and found.groupdict().get("frameno"):
+                    frameno = max(frameno, int(found["frameno"]))
+                with contextlib.suppress(OSError):
+                    newest.append((path.stat().st_mtime, path, product))
+        for _, path, product in sorted(newest, key=lambda item: item[0], reverse=True)[:5]:
+            try:
+                observed_at = instrument.evaluate(read_header(path), path.name, product).observed_at
+            except (InvalidFile, OSError, ValueError):
+                continue  # a bad or partial file: an older one tells the time
+            return frameno, observed_at
+        return frameno, None
+
     def _plan(self, match: ProductMatch, size_bytes: int, *, checksum: bool | None = None) -> _Planned:
+        """The next file to write for ``match``: never one whose name is already taken under ``root``."""
+        for _ in range(_MAX_TAKEN_NAMES):
+            planned = self._plan_one(match, size_bytes, checksum=checksum)
+            if not (self.root / planned.relative_path).exists():
+                return planned
+        raise SimulationError(
+            f"{match.instrument.name} {match.product.name}: the next {_MAX_TAKEN_NAMES} file names are all taken "
+            f"under {self.root}; simulate into an empty folder"
+        )
+
+    def _plan_one(self, match: ProductMatch, size_bytes: int, *, checksum: bool | None = None) -> _Planned:
         instrument, product = match.instrument, match.product
         simulate = product.simulate
         assert simulate is not None
