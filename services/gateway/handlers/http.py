@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from datetime import date
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from aiohttp.typedefs import Handler
 
 from services.gateway.catalog import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
 from services.gateway.streams import (
+    CLOSE_TOO_SLOW,
     PROTOCOL_VERSION,
     CatalogFeed,
     GatewayMetrics,
@@ -29,7 +31,7 @@ from services.gateway.streams import (
 )
 from services.gateway.tickets import Tickets
 from skyport.cursor import BadCursor, decode_cursor
-from skyport.http import ApiError, bearer_token
+from skyport.http import ApiError, bearer_token, refuse_nul
 
 log = structlog.get_logger("skyport.gateway")
 
@@ -47,6 +49,8 @@ _FORWARDED = (
     ("DELETE", re.compile(r"^/v1/programs/[^/]+/[^/]+/members/[^/]+$")),
     ("POST", re.compile(r"^/v1/programs/[^/]+/[^/]+/release$")),
 )
+# The gateway's own routes, for the Allow header of a 405 (the catch-all route below sees their other methods).
+_OWN = (("POST", re.compile(r"^/v1/tickets$")), ("GET", re.compile(r"^/v1/stream$")))
 _REQUEST_HEADERS = ("Range", "If-Range", "Content-Type", "Accept")
 _RESPONSE_HEADERS = (
     "Content-Type",
@@ -67,10 +71,17 @@ _PAGE_POLICY = (
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal as JSON in the catalog's shape: the gateway's own and aiohttp's (say, a body too large)."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.body, status=exc.status, headers=exc.headers)
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        error = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}", headers=headers)
+    return web.json_response(error.body, status=error.status, headers=error.headers)
 
 
 @web.middleware
@@ -106,7 +117,7 @@ class GatewayApi:
         self.public_url = public_url
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[security_headers, json_errors], client_max_size=1 << 16)
+        app = web.Application(middlewares=[security_headers, json_errors, refuse_nul], client_max_size=1 << 20)
         app.router.add_get("/", self.page)
         app.router.add_static("/static/", STATIC)
         app.router.add_post("/v1/tickets", self.issue_ticket)
@@ -164,8 +175,9 @@ class GatewayApi:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         # No per-message compression: messages are small, and compressing each for a thousand clients would
-        # cost more CPU than the bytes it saves.
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=1 << 12, compress=False)
+        # cost more CPU than the bytes it saves. Pings are ours (_keep_alive), not aiohttp's heartbeat, which
+        # drops a client that misses a pong without a close frame (1006 at the client).
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 12, compress=False)
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "this address is a WebSocket: connect with a WebSocket client")
         night, after, selection = _stream_parameters(request)
@@ -205,12 +217,18 @@ class GatewayApi:
             if after is not None:
                 stream.position = decode_cursor(after)
             backlog = asyncio.get_running_loop().create_task(self._backlog(stream, start, after))
+            heard = _Heard()
+            pinger = asyncio.get_running_loop().create_task(self._keep_alive(stream, heard))
             async for message in ws:  # the client sends nothing we need; this ends when it goes away
-                if message.type == WSMsgType.ERROR:
+                heard.now()  # any frame, a pong or not, shows the client is there
+                if message.type == WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif message.type == WSMsgType.ERROR:
                     break
-            backlog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await backlog
+            for task in (backlog, pinger):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         finally:
             self.hub.detach(stream)
             writer.cancel()
@@ -228,6 +246,23 @@ class GatewayApi:
             log.warning("cannot learn the sites' nights from the catalog", error=str(exc))
             raise ApiError(503, "the catalog is unavailable; try again in a moment") from None
         return nights.tonight({mission for mission, _ in programs})
+
+    async def _keep_alive(self, stream: Stream, heard: _Heard) -> None:
+        """Ping every heartbeat; close with 4008 a client that answered nothing to the last ping in a heartbeat.
+
+        A client that stopped reading is as far behind as one whose queue overflowed: it resumes with its cursor.
+        """
+        pinged = heard.last
+        while not stream.closing:
+            await asyncio.sleep(self.heartbeat)
+            if heard.last < pinged:
+                self.metrics.disconnects.labels("unresponsive").inc()
+                log.warning("disconnecting a client that answers no ping", username=stream.user.username)
+                stream.close(CLOSE_TOO_SLOW, f"too slow: no answer to a ping within {self.heartbeat:g} s")
+                return
+            pinged = time.monotonic()
+            with contextlib.suppress(ConnectionError, RuntimeError):  # closing already: the loop above ends
+                await stream.ws.ping()
 
     async def _backlog(self, stream: Stream, start: int, after: str | None) -> None:
         try:
@@ -247,7 +282,11 @@ class GatewayApi:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if not any(method == request.method and pattern.match(path) for method, pattern in _FORWARDED):
-            raise ApiError(404 if request.method == "GET" else 405, f"no {request.method} {path} here")
+            allowed = sorted({method for method, pattern in (*_FORWARDED, *_OWN) if pattern.match(path)})
+            if not allowed:
+                raise ApiError(404, f"no such endpoint: {request.method} {path}")
+            # RFC 9110: a 405 lists the methods the resource has.
+            raise ApiError(405, f"no {request.method} {path} here", headers={"Allow": ", ".join(allowed)})
         token = self._bearer(request)
         query = [(k, v) for k, v in request.query.items() if k != "ticket"]
         if token is None and "ticket" in request.query and path.startswith("/v1/files/"):
@@ -285,28 +324,41 @@ class GatewayApi:
         return f'host="{host}";proto={scheme}'
 
 
+class _Heard:
+    """When a stream's client was last heard from (any frame)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def now(self) -> None:
+        self.last = time.monotonic()
+
+
 def _stream_parameters(request: web.Request) -> tuple[date | None, str | None, frozenset[Program] | None]:
     query = request.query
     unknown = set(query) - {"night", "cursor", "program", "ticket"}
     if unknown:
-        raise ApiError(400, f"unknown parameter {sorted(unknown)[0]!r}: use night, cursor, program, ticket")
+        name = sorted(unknown)[0]
+        raise ApiError(400, f"unknown parameter {name!r}: use night, cursor, program, ticket", parameter=name)
     night_text = query.get("night") or ""
     try:
         night = date.fromisoformat(night_text) if night_text else None  # None: tonight, once the user is known
     except ValueError:
         raise ApiError(
-            400, f"night must be a date YYYY-MM-DD (when the site's night began), not {night_text[:40]!r}"
+            400,
+            f"night must be a date YYYY-MM-DD (when the site's night began), not {night_text[:40]!r}",
+            parameter="night",
         ) from None
     after = query.get("cursor")
     if after is not None:
         try:
             decode_cursor(after)
         except BadCursor as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, str(exc), parameter="cursor") from None
     selection: set[Program] = set()
     for text in query.getall("program", []):
         match = _PROGRAM.match(text)
         if match is None:
-            raise ApiError(400, f"program must be MISSION/PROPID, not {text[:80]!r}")
+            raise ApiError(400, f"program must be MISSION/PROPID, not {text[:80]!r}", parameter="program")
         selection.add((match.group(1).upper(), match.group(2)))
     return night, after, frozenset(selection) if selection else None
