@@ -135,7 +135,7 @@ def add_commands(commands: Any) -> None:
     program = sub.add_parser("add-program", help="create a program, or update its title and exclusive-access period")
     program.add_argument("mission", help="e.g. KECK")
     program.add_argument("propid", help="e.g. 2026A_U123")
-    program.add_argument("--title")
+    program.add_argument("--title", help="the program's title, shown to its members")
     program.add_argument(
         "--exclusive-access-months",
         type=int,
@@ -147,7 +147,7 @@ def add_commands(commands: Any) -> None:
 
     user = sub.add_parser("add-user", help="create a user, or update their details")
     user.add_argument("username", help="lower-case, e.g. alice or alice@example.org")
-    user.add_argument("--email")
+    user.add_argument("--email", help="where the user is told of their data")
     user.add_argument("--name", help="display name")
     user.add_argument(
         "--admin", action="store_true", help="an administrator sees and may change everything (never undone here)"
@@ -155,27 +155,27 @@ def add_commands(commands: Any) -> None:
     user.set_defaults(func=_add_user)
 
     issue = sub.add_parser("issue-token", help="issue an API token for a user; it is printed once, never stored")
-    issue.add_argument("username")
+    issue.add_argument("username", help="the user the token signs in as")
     issue.add_argument("--label", default="", help="what the token is for, e.g. laptop")
     issue.set_defaults(func=_issue_token)
 
     revoke_parser = sub.add_parser("revoke-token", help="revoke a token, or a user's tokens")
     revoke_parser.add_argument("token", nargs="?", help="the token itself")
     revoke_parser.add_argument("--user", help="revoke this user's tokens instead (all, or those with --label)")
-    revoke_parser.add_argument("--label")
+    revoke_parser.add_argument("--label", help="with --user: only the tokens with this label")
     revoke_parser.set_defaults(func=_revoke_token)
 
     grant_parser = sub.add_parser("grant", help="make a user a member of a program (announced as access.changed)")
-    grant_parser.add_argument("mission")
-    grant_parser.add_argument("propid")
-    grant_parser.add_argument("username")
-    grant_parser.add_argument("--role", choices=ROLES, default="collaborator")
+    grant_parser.add_argument("mission", help="e.g. KECK")
+    grant_parser.add_argument("propid", help="e.g. 2026A_U123")
+    grant_parser.add_argument("username", help="an existing user")
+    grant_parser.add_argument("--role", choices=ROLES, default="collaborator", help="(default: collaborator)")
     grant_parser.set_defaults(func=_grant)
 
     remove = sub.add_parser("revoke", help="remove a user from a program; they lose access at once")
-    remove.add_argument("mission")
-    remove.add_argument("propid")
-    remove.add_argument("username")
+    remove.add_argument("mission", help="e.g. KECK")
+    remove.add_argument("propid", help="e.g. 2026A_U123")
+    remove.add_argument("username", help="a member of the program")
     remove.set_defaults(func=_revoke)
 
     listing = sub.add_parser("list-programs", help="programs with their PI, members and products")
