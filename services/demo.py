@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("monitor", "receiver", "ingestor", "catalog", "gateway")
 MISSION = "KECK"
 PROPID = "2026B_D042"
+# Seconds between progress lines when the output is not a terminal (on a terminal, one line is rewritten in place).
+PROGRESS_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,14 @@ class Accounts:
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.demo",
+        description="Skyport's whole flow in one process (make demo): monitor, receiver, ingestor, catalog and "
+        "gateway on the in-process bus and an embedded PostgreSQL, a simulated night of FITS files, and the "
+        "observer page. Set SKYPORT_BUS_URL and SKYPORT_DATABASE_URL to use RabbitMQ and PostgreSQL instead. "
+        "Started again, the demo continues the night where its files stop.",
+        epilog="From make: make demo DEMO_ARGS='--fresh --rate 1 --size 10MB'",
+    )
     parser.add_argument("--home", type=Path, default=REPO / "var" / "demo", help="where the demo keeps everything")
     parser.add_argument("--fresh", action="store_true", help="start from an empty archive (deletes --home first)")
     parser.add_argument("--rate", type=float, default=0.5, help="files written per second (default 0.5)")
@@ -172,8 +181,8 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
         writer = asyncio.create_task(write())
         headers = {"Authorization": f"Bearer {accounts.gateway}"}
         interactive = sys.stdout.isatty()
-        last_line = 0.0
-        last_counts: tuple[int, str] = (-1, "")
+        last_line = time.monotonic()
+        reported_done = False
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -192,9 +201,13 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
                 )
                 if interactive:
                     print(f"\r{line}\033[K", end="", flush=True)
-                elif (written, catalogued) != last_counts or time.monotonic() - last_line >= 30:
-                    print(line, flush=True)  # a log, not a terminal: a line when something changed
-                    last_line, last_counts = time.monotonic(), (written, catalogued)
+                elif time.monotonic() - last_line >= PROGRESS_EVERY or (
+                    writer.done() and catalogued == str(written) and not reported_done
+                ):
+                    # A log file, not a terminal: a line now and then, and one when the night is all catalogued.
+                    print(line, flush=True)
+                    last_line = time.monotonic()
+                    reported_done = reported_done or (writer.done() and catalogued == str(written))
                 if writer.done() and not writer.cancelled() and (error := writer.exception()) is not None:
                     raise error
         finally:

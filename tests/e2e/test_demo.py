@@ -55,6 +55,8 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
     try:
         token = (await asyncio.wait_for(read_until(r"Sign in as the PI \(alice\):\s+(\S+)"), 120)).group(1)
         await asyncio.wait_for(read_until(r"3 files written, 3 in the catalog"), 120)
+        # Not a terminal: progress is a line now and then (and one when the night is catalogued), not every second.
+        assert sum("files written" in line for line in output) <= 2, "".join(output)
         # The page is served, and alice's stream holds the night's files.
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/") as response:

@@ -186,35 +186,66 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("services", nargs="*", metavar="NAME", help=f"services to migrate (default: all: {installed})")
     mig.set_defaults(func=_cmd_migrate)
 
-    dlq = commands.add_parser("dlq", help="inspect, replay or drop dead-lettered messages")
+    dlq = commands.add_parser(
+        "dlq",
+        help="inspect, replay or drop dead-lettered messages",
+        description="Messages a consumer refused, or failed too often, wait in the dead-letter queue with the "
+        "reason: list them, send them back to the queue that failed them once the cause is fixed, or drop them.",
+    )
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = dlq_commands.add_parser("list", help="list dead letters with the reason each failed")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=int, default=100, help="show at most this many (default: 100)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line, with the message body")
     replay = dlq_commands.add_parser("replay", help="send dead letters back to the queue that failed them")
-    replay.add_argument("ids", nargs="*", metavar="MESSAGE_ID")
+    replay.add_argument("ids", nargs="*", metavar="MESSAGE_ID", help="the dead letters to replay (from `dlq list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     drop = dlq_commands.add_parser("drop", help="delete dead letters for good")
-    drop.add_argument("ids", nargs="+", metavar="MESSAGE_ID")
+    drop.add_argument("ids", nargs="+", metavar="MESSAGE_ID", help="the dead letters to delete (from `dlq list`)")
     dlq.set_defaults(func=_cmd_dlq)
 
     for entry in entry_points(group=COMMAND_GROUP):  # `skyport monitor status`, `skyport catalog add-user`, ...
         add_commands: Callable[[Any], None] = entry.load()
         add_commands(commands)
 
-    simulate = commands.add_parser("simulate", help="write a simulated observing night of FITS files")
+    simulate = commands.add_parser(
+        "simulate",
+        help="write a simulated observing night of FITS files",
+        description="Write a simulated observing night into the folders a monitor watches: FITS files named, "
+        "written and completed as each configured instrument does, with optional bad files. Started again over "
+        "the same folders, the night continues where the files stop.",
+    )
     simulator.add_arguments(simulate)
     simulate.set_defaults(func=simulator.main)
 
-    schemas = commands.add_parser("schemas", help="export the event JSON Schemas (or --check them)")
-    schemas.add_argument("--out", default="schemas/v1")
+    schemas = commands.add_parser(
+        "schemas",
+        help="export the event JSON Schemas (or --check them)",
+        description="Write the JSON Schema of every event type and of the CloudEvents envelope, generated from "
+        "the event models; --check compares the files with the models instead.",
+    )
+    schemas.add_argument("--out", default="schemas/v1", help="the folder of the schema files (default: schemas/v1)")
     schemas.add_argument("--check", action="store_true", help="fail when the files and the models disagree")
     schemas.set_defaults(func=_cmd_schemas)
 
     definitions = commands.add_parser("topology", help="print the bus topology as RabbitMQ definitions (JSON)")
     topology.add_arguments(definitions)
     definitions.set_defaults(func=topology.main)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description of its own its one-line help, so that its --help says what it
+    does, whoever added it."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, subparser in action.choices.items():
+            if not subparser.description and helps.get(name):
+                text = str(helps[name])
+                subparser.description = text[0].upper() + text[1:] + "."
+            _describe(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Ordered SQL migrations per service schema, applied under an advisory lock and checked at start.
 
 Each service owns one PostgreSQL schema. Its migrations come in streams: the library's own (the outbox
-and the idempotency table, ``skyport``) and the service's (``services/<name>/migrations``). Files are
+and the idempotency table, ``skyport``) and the service's (the folder its ``ServiceSpec.migrations`` names). Files are
 named ``NNNN_what.sql`` and run in order, each in its own transaction with the schema on the search path.
 No well-kept migration tool speaks asyncpg without SQLAlchemy, and this needs very little.
 """
