@@ -120,7 +120,7 @@ GATEWAY_PRODUCTION_DEFAULTS = ("gateway_heartbeat", "gateway_recheck_interval", 
 # The settings printed with the figures: the ones that decide how much each service does at once, how soon it
 # notices work, and how patient the gateway is with clients.
 SHOWN_SETTINGS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
-    "monitor": (MonitorSettings, ("settle_seconds", "upload_concurrency", "rescan_interval", "follow_interval")),
+    "monitor": (MonitorSettings, ("incomplete_timeout", "upload_concurrency", "rescan_interval", "follow_interval")),
     "catalog": (CatalogSettings, ("catalog_batch_size", "catalog_batch_wait", "catalog_concurrency")),
     "gateway": (GatewaySettings, ("gateway_queue_limit", *GATEWAY_PRODUCTION_DEFAULTS)),
 }

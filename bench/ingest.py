@@ -95,7 +95,7 @@ SHOWN_SETTINGS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
         (
             "dep_concurrency",
             "upload_concurrency",
-            "settle_seconds",
+            "incomplete_timeout",
             "rescan_interval",
             "follow_interval",
             "max_retry_delay",

@@ -37,6 +37,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
             return True
 
         ctx.readiness_checks["journal"] = journal_ok
+        ctx.readiness_checks["loops"] = monitor.loops_ready
         ctx.on_stop(monitor.stop)
         await monitor.start()
         ctx.log.info("watching", root=str(settings.watch_root), instruments=len(instruments.instruments))

@@ -1,15 +1,21 @@
-"""``skyport monitor status`` and ``skyport monitor retry``: what the monitor holds, and sending files again."""
+"""``skyport monitor status``, ``retry`` and ``closed``: what the monitor holds, sending files again, closed files."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from services.monitor.journal import FileState, Journal
+from services.monitor.journal import FileState, Journal, JournalMissing
 from services.monitor.settings import MonitorSettings
+
+_T = TypeVar("_T")
 
 
 def add_commands(commands: Any) -> None:
@@ -24,19 +30,40 @@ def add_commands(commands: Any) -> None:
     retry.add_argument("--failed", action="store_true", help="every file the archive failed")
     retry.add_argument("--invalid", action="store_true", help="every file DEP found invalid")
     retry.set_defaults(func=_retry)
+    closed = sub.add_parser(
+        "closed",
+        help="the instrument's software says these files are closed (the 'signal' completion rule)",
+        description="Tell the monitor that the instrument has finished writing these files: the equivalent of a "
+        "keyword callback, for instruments whose completion rule is 'signal'. Works while the monitor is down too.",
+    )
+    closed.add_argument("paths", nargs="+", metavar="PATH", help="files: absolute, or relative to the watch root")
+    closed.set_defaults(func=_closed)
+
+
+def _with_journal(settings: MonitorSettings, use: Callable[[Journal], Awaitable[_T]]) -> _T | None:
+    """Run ``use`` on the existing journal; None (after one line on stderr) when there is none: never create one."""
+
+    async def main() -> _T:
+        journal = await Journal.open(settings.journal_path, create=False)
+        try:
+            return await use(journal)
+        finally:
+            await journal.close()
+
+    try:
+        return asyncio.run(main())
+    except JournalMissing as exc:
+        print(f"skyport monitor: {exc}", file=sys.stderr)
+        return None
 
 
 def _status(args: argparse.Namespace) -> int:
     settings = MonitorSettings()
 
-    async def main() -> dict[str, Any]:
-        journal = await Journal.open(settings.journal_path)
-        try:
-            counts = await journal.counts()
-            problems = await journal.problems(args.limit)
-            history = await journal.history(args.limit)
-        finally:
-            await journal.close()
+    async def main(journal: Journal) -> dict[str, Any]:
+        counts = await journal.counts()
+        problems = await journal.problems(args.limit)
+        history = await journal.history(args.limit)
         return {
             "journal": str(settings.journal_path),
             "counts": {state.value: counts.get(state, 0) for state in FileState},
@@ -47,9 +74,7 @@ def _status(args: argparse.Namespace) -> int:
                     "archive_id": p.archive_id,
                     "reason": p.reason,
                     "attempts": p.attempts,
-                    "next_attempt_at": _iso(p.next_attempt_at)
-                    if p.state not in (FileState.INVALID, FileState.FAILED)
-                    else None,
+                    "next_attempt_at": _iso(p.next_attempt_at) if p.state in _RETRIED else None,
                     "updated_at": _iso(p.updated_at),
                 }
                 for p in problems
@@ -57,7 +82,9 @@ def _status(args: argparse.Namespace) -> int:
             "history": [{**h, "at": _iso(float(str(h["at"])))} for h in history],
         }
 
-    report = asyncio.run(main())
+    report = _with_journal(settings, main)
+    if report is None:
+        return 1
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -81,17 +108,44 @@ def _retry(args: argparse.Namespace) -> int:
         print("skyport monitor retry: name files, or --failed / --invalid")
         return 2
     settings = MonitorSettings()
-
-    async def main() -> int:
-        journal = await Journal.open(settings.journal_path)
-        try:
-            return await journal.reset(args.paths, states)
-        finally:
-            await journal.close()
-
-    count = asyncio.run(main())
+    count = _with_journal(settings, lambda journal: journal.reset(args.paths, states))
+    if count is None:
+        return 1
     print(f"{count} file(s) sent back to the start; a running monitor takes them within a second")
     return 0
+
+
+def _closed(args: argparse.Namespace) -> int:
+    settings = MonitorSettings()
+    root = settings.watch_root.resolve()
+    files: list[tuple[str, int, int]] = []
+    for given in args.paths:
+        path = Path(given) if os.path.isabs(given) else root / given
+        try:
+            relative = path.resolve().relative_to(root).as_posix()
+            stat = path.stat()
+        except ValueError:
+            print(f"skyport monitor closed: {given} is not below the watch root {root} (SKYPORT_WATCH_ROOT)")
+            return 2
+        except OSError as exc:
+            print(f"skyport monitor closed: {given}: {exc.strerror}")
+            return 2
+        files.append((relative, stat.st_size, stat.st_mtime_ns))
+
+    async def main(journal: Journal) -> int:
+        for relative, size, mtime_ns in files:
+            await journal.signal_closed(relative, size, mtime_ns)
+        return len(files)
+
+    count = _with_journal(settings, main)
+    if count is None:
+        return 1
+    print(f"{count} file(s) closed; a running monitor takes them within a second")
+    return 0
+
+
+# Files waiting for an automatic retry: the only ones with a next attempt worth showing.
+_RETRIED = (FileState.DETECTED, FileState.EVALUATED, FileState.UPLOADED)
 
 
 def _iso(timestamp: float) -> str:

@@ -1,5 +1,11 @@
 """The monitor's journal (SQLite): a file is recorded before anything else happens to it, and kept until ingested.
 
+Before that, a file the monitor has seen but may not take is noted too, so nothing vanishes without a trace:
+``waiting`` (not finished by its instrument's completion rule, or not readable yet; the reason says what it waits
+for) and ``ignored`` (in an instrument's folder but not one of its files: the reason names the naming rule).
+``changed``: the file changed after it was sent, with no word from the instrument that it was finished again: it
+is never sent again by itself (an operator's retry sends it as a new version).
+
 States: ``detected`` (needs DEP) → ``evaluated`` (manifest ready, needs upload) → ``uploaded`` (the archive has
 it; followed until) → ``ingested``. ``invalid`` (the file itself is bad, quarantined with the reason) and
 ``failed`` (the archive refused it) end a file's way until an operator retries it. A transient error keeps the
@@ -8,6 +14,7 @@ state, counts an attempt and sets when to try again.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -19,15 +26,22 @@ import aiosqlite
 
 
 class FileState(StrEnum):
+    WAITING = "waiting"
+    IGNORED = "ignored"
     DETECTED = "detected"
     EVALUATED = "evaluated"
     UPLOADED = "uploaded"
     INGESTED = "ingested"
     INVALID = "invalid"
     FAILED = "failed"
+    CHANGED = "changed"
 
 
 TERMINAL = (FileState.INGESTED, FileState.INVALID, FileState.FAILED)
+# Seen, not taken: the monitor looks at these again when they change, and at every rescan.
+NOTED = (FileState.WAITING, FileState.IGNORED)
+# The archive has (or had) the file's content.
+SENT = (FileState.UPLOADED, FileState.INGESTED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -57,7 +71,21 @@ CREATE TABLE IF NOT EXISTS history (
     reason TEXT NOT NULL,
     at     REAL NOT NULL
 );
+-- "This file is closed", from the instrument's software (`skyport monitor closed PATH`), with the size and
+-- modification time it had then: the signal completion rule.
+CREATE TABLE IF NOT EXISTS signals (
+    id       INTEGER PRIMARY KEY,
+    path     TEXT    NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    at       REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signals_path ON signals (path, id);
 """
+
+
+class JournalMissing(FileNotFoundError):
+    """The journal file does not exist (and was not to be created): the message names the path and the setting."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +121,13 @@ class Journal:
         self.db = db
 
     @classmethod
-    async def open(cls, path: Path) -> Journal:
+    async def open(cls, path: Path, *, create: bool = True) -> Journal:
+        """Open (and by default create) the journal; ``create=False`` raises :class:`JournalMissing` instead."""
+        if not create and not await asyncio.to_thread(path.is_file):
+            where = await asyncio.to_thread(path.resolve)
+            raise JournalMissing(f"no monitor journal at {where} (set SKYPORT_JOURNAL_PATH to the monitor's journal)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path)
+        db = await aiosqlite.connect(path, timeout=10)
         db.row_factory = sqlite3.Row
         # WAL with synchronous=FULL: a committed record survives a power cut, and readers (the status
         # command) never block the monitor.
@@ -119,11 +151,103 @@ class Journal:
             "transfer_id = NULL, reason = NULL, attempts = 0, next_attempt_at = 0, "
             "detected_at = excluded.detected_at, evaluated_at = NULL, uploaded_at = NULL, finished_at = NULL, "
             "updated_at = excluded.updated_at "
-            "WHERE files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns",
+            "WHERE files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns "
+            "OR files.state IN ('waiting', 'ignored')",
             (path, size, mtime_ns, mtime_ns / 1e9, now, now),
         )
         await self.db.commit()
         return cursor.rowcount > 0
+
+    async def note(self, path: str, size: int, mtime_ns: int, state: FileState, reason: str) -> bool:
+        """Note a file seen but not taken (``waiting`` or ``ignored``) with the reason.
+
+        A file taken but not sent yet (or found bad) whose content has changed since goes back to this state: its
+        journaled content is not the file's any more.  A sent file keeps its state: the archive has that content.
+        The history keeps each new reason once, not every time the file is looked at.
+        """
+        assert state in NOTED
+        now = time.time()
+        cursor = await self.db.execute(
+            "INSERT INTO files (path, size, mtime_ns, written_at, state, reason, detected_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "written_at = excluded.written_at, state = excluded.state, reason = excluded.reason, "
+            "updated_at = excluded.updated_at "
+            "WHERE (files.state IN ('waiting', 'ignored') AND (files.reason IS NOT excluded.reason "
+            "OR files.state != excluded.state OR files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns)) "
+            "OR (files.state IN ('detected', 'evaluated', 'invalid', 'failed') "
+            "AND (files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns))",
+            (path, size, mtime_ns, mtime_ns / 1e9, state.value, reason, now, now),
+        )
+        changed = cursor.rowcount > 0
+        if changed:
+            await self.db.execute(
+                "INSERT INTO history (path, state, reason, at) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                "(SELECT 1 FROM history WHERE id = (SELECT max(id) FROM history WHERE path = ?) AND reason = ?)",
+                (path, state.value, reason, now, path, reason),
+            )
+        await self.db.commit()
+        return changed
+
+    async def hold(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        """A sent file changed: keep its new size and time, and hold it (``changed``) until an operator retries it."""
+        now = time.time()
+        await self.db.execute(
+            "UPDATE files SET state = 'changed', size = ?, mtime_ns = ?, reason = ?, updated_at = ? WHERE path = ?",
+            (size, mtime_ns, reason, now, path),
+        )
+        await self.db.execute(
+            "INSERT INTO history (path, state, reason, at) VALUES (?, 'changed', ?, ?)", (path, reason, now)
+        )
+        await self.db.commit()
+
+    async def restamp(self, path: str, size: int, mtime_ns: int) -> None:
+        """The file was written again with the same content: only its size and time are new."""
+        await self.db.execute(
+            "UPDATE files SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
+            (size, mtime_ns, time.time(), path),
+        )
+        await self.db.commit()
+
+    async def remember(self, path: str, state: FileState, reason: str) -> None:
+        """Keep a problem in the history only (the file's own row is left as it is)."""
+        await self.db.execute(
+            "INSERT INTO history (path, state, reason, at) VALUES (?, ?, ?, ?)",
+            (path, state.value, reason, time.time()),
+        )
+        await self.db.commit()
+
+    async def known(self) -> dict[str, tuple[int, int, FileState]]:
+        """Every journaled path with the size, modification time and state it was last seen with (for rescans)."""
+        async with self.db.execute("SELECT path, size, mtime_ns, state FROM files") as cursor:
+            return {row[0]: (row[1], row[2], FileState(row[3])) for row in await cursor.fetchall()}
+
+    async def signal_closed(self, path: str, size: int, mtime_ns: int) -> None:
+        """The instrument's software says ``path`` is closed, as it is now (size and modification time)."""
+        await self.db.execute(
+            "INSERT INTO signals (path, size, mtime_ns, at) VALUES (?, ?, ?, ?)", (path, size, mtime_ns, time.time())
+        )
+        await self.db.commit()
+
+    async def closed_as(self, path: str) -> tuple[int, int] | None:
+        """The size and modification time the latest "closed" signal for ``path`` gave, if there was one."""
+        async with self.db.execute(
+            "SELECT size, mtime_ns FROM signals WHERE path = ? ORDER BY id DESC LIMIT 1", (path,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def latest_signal_id(self) -> int:
+        async with self.db.execute("SELECT coalesce(max(id), 0) FROM signals") as cursor:
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def signals_after(self, last_id: int) -> list[tuple[int, str]]:
+        """Signals newer than ``last_id``, oldest first, as (id, path)."""
+        async with self.db.execute(
+            "SELECT id, path FROM signals WHERE id > ? ORDER BY id LIMIT 1000", (last_id,)
+        ) as cursor:
+            return [(int(row[0]), str(row[1])) for row in await cursor.fetchall()]
 
     async def get(self, path: str) -> JournalEntry | None:
         async with self.db.execute("SELECT * FROM files WHERE path = ?", (path,)) as cursor:

@@ -7,6 +7,8 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -14,14 +16,27 @@ import watchfiles
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.monitor.client import ArchiveClient, ContentMismatch, TransientUploadError, UploadRejected
+from services.monitor.completion import Look, Naming, decide, look_at
 from services.monitor.dep import FileChanged, evaluate
-from services.monitor.journal import FileState, Journal, JournalEntry
+from services.monitor.journal import NOTED, SENT, FileState, Journal, JournalEntry
 from services.monitor.settings import MonitorSettings
-from skyport.fits import InvalidFile, looks_complete
+from skyport.fits import InvalidFile, sha256_file
 from skyport.instruments import InstrumentCatalog
 from skyport.transfer import Manifest, TransferState
 
 log = structlog.get_logger("skyport.monitor")
+
+# Rules under which the instrument says a file is finished (again, for a file written twice).
+_EXPLICIT_RULES = ("rename", "marker", "signal")
+# How often files waiting on time (a quiet period, a writer still writing) are looked at again.
+_LOOK_INTERVAL = 0.25
+# A wait only time ends is noted in the journal (shown by `skyport monitor status`) after this long.
+_NOTE_WAIT_AFTER = 10.0
+# A loop that dies this many times without a quiet minute in between makes the monitor not ready.
+_LOOP_FAILURES_UNREADY = 3
+_LOOP_HEALTHY_AFTER = 60.0
+# Unexpected errors evaluating one file: retried with back-off this many times, then the file is marked invalid.
+_UNEXPECTED_ATTEMPTS = 5
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -40,6 +55,17 @@ class MonitorMetrics:
         )
 
 
+@dataclass
+class _Seen:
+    """A file the monitor is deciding about: since when it has been unchanged, and what was noted about it."""
+
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) at the last look
+    since: float = 0.0  # monotonic time the stamp last changed
+    first: float = 0.0  # monotonic time it was first seen
+    noted: str | None = None  # the reason last noted in the journal
+    next_look: float = 0.0  # monotonic time to look again (0: at once)
+
+
 class Monitor:
     def __init__(
         self,
@@ -52,28 +78,37 @@ class Monitor:
         self.settings = settings
         self.root = settings.watch_root.resolve()  # watchfiles reports absolute paths
         self.instruments = instruments
+        self.naming = Naming(instruments)
         self.journal = journal
         self.client = client
         self.metrics = metrics
         self._wake = asyncio.Event()
+        self._look_wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._settling: set[str] = set()
-        self._stale_checks: set[str] = set()
+        self._pending: dict[str, _Seen] = {}
+        self._folders_scanned: set[str] = set()  # folders walked when inotify reported them
         self._active: set[str] = set()
         self._work: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._loop_failures: dict[str, int] = {}  # consecutive deaths of each loop
+        self._loop_started: dict[str, float] = {}  # monotonic time each loop was last (re)started
+        self._last_signal = 0
         self._dep = asyncio.Semaphore(settings.dep_concurrency)
         self._uploads = asyncio.Semaphore(settings.upload_concurrency)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
-        for name, loop in (
-            ("watch", self._watch()),
-            ("rescan", self._rescan_forever()),
-            ("schedule", self._schedule()),
-            ("follow", self._follow()),
-        ):
-            self._loops.append(asyncio.create_task(loop, name=f"monitor {name}"))
+        # Signals given while the monitor was down are found by the start-up scan, through the journal.
+        self._last_signal = await self.journal.latest_signal_id()
+        loops: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("watch", self._watch),
+            ("rescan", self._rescan_forever),
+            ("look", self._look_forever),
+            ("schedule", self._schedule),
+            ("follow", self._follow),
+        )
+        for name, loop in loops:
+            self._loops.append(asyncio.create_task(self._supervise(name, loop), name=f"monitor {name}"))
 
     async def stop(self, timeout: float) -> None:
         """Stop noticing and starting work; give work in flight ``timeout`` seconds; the journal keeps the rest."""
@@ -87,80 +122,210 @@ class Monitor:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def loops_ready(self) -> bool:
+        """False while a loop keeps dying (for readiness): files would be missed or never sent.
+
+        A loop that has died again and again is ready again once it has run for a minute since its last restart.
+        """
+        now = time.monotonic()
+        return not any(
+            failures >= _LOOP_FAILURES_UNREADY and now - self._loop_started.get(name, now) < _LOOP_HEALTHY_AFTER
+            for name, failures in self._loop_failures.items()
+        )
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one long-lived loop for ever: a loop that dies is logged loudly and restarted, with back-off."""
+        failures = 0
+        while not self._stopping.is_set():
+            started = self._loop_started[name] = time.monotonic()
+            try:
+                await loop()
+                if self._stopping.is_set():
+                    return
+                log.error("monitor loop ended by itself, restarting it", loop=name)
+            except Exception:
+                log.exception("monitor loop died, restarting it", loop=name, failures=failures + 1)
+            if time.monotonic() - started > _LOOP_HEALTHY_AFTER:
+                failures = 0  # it ran well for a while: this is a new fault, not the same one again
+            failures += 1
+            self._loop_failures[name] = failures
+            if failures == _LOOP_FAILURES_UNREADY:
+                log.critical("monitor loop keeps dying: not ready", loop=name, failures=failures)
+            delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
     # --- noticing files -----------------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         async for changes in watchfiles.awatch(
             self.root, debounce=50, step=10, stop_event=self._stopping, recursive=True, ignore_permission_denied=True
         ):
             for change, name in changes:
                 if change is not watchfiles.Change.deleted:
-                    self._spawn(self.consider(Path(name)))
+                    self.notice(Path(name))
 
-    async def _rescan_forever(self) -> None:
-        while True:
-            try:
-                await self.rescan()
-            except OSError as exc:
-                log.error("rescan failed", error=repr(exc))
-            await asyncio.sleep(self.settings.rescan_interval)
-
-    async def rescan(self) -> None:
-        """Walk the whole tree: finds what inotify missed, and what was written while the monitor was down."""
-        for path in await asyncio.to_thread(_walk, self.root):
-            await self.consider(path)
-
-    async def consider(self, path: Path) -> None:
-        """Journal ``path`` if it is an instrument's file, complete, and new or changed."""
+    def notice(self, path: Path) -> None:
+        """Something changed at ``path`` (a file or a new folder): look at it soon."""
         try:
             relative = path.relative_to(self.root).as_posix()
         except ValueError:
             return
-        if path.name.startswith(".") or relative in self._settling or self.instruments.match(relative) is None:
-            return
-        self._settling.add(relative)
+        self._pend(relative)
+
+    def _pend(self, relative: str) -> None:
+        seen = self._pending.get(relative)
+        if seen is None:
+            now = time.monotonic()
+            self._pending[relative] = _Seen(since=now, first=now)
+        else:
+            seen.next_look = 0.0  # it changed: look at once
+        self._look_wake.set()
+
+    async def _rescan_forever(self) -> None:
+        while True:
+            await self.rescan()
+            await asyncio.sleep(self.settings.rescan_interval)
+
+    async def rescan(self, top: Path | None = None) -> None:
+        """Walk the tree: finds what inotify missed, and what was written while the monitor was down.
+
+        The guarantee under inotify: every file that is not in the journal as it is now (same size and
+        modification time), and every file still waiting, is looked at again.
+        """
+        known = await self.journal.known()
+        for relative, size, mtime_ns in await asyncio.to_thread(_walk, top or self.root, self.root):
+            entry = known.get(relative)
+            if entry is None or entry[:2] != (size, mtime_ns) or entry[2] is FileState.WAITING:
+                self._pend(relative)
+
+    async def _look_forever(self) -> None:
+        while True:
+            self._look_wake.clear()
+            for signal_id, relative in await self.journal.signals_after(self._last_signal):
+                self._last_signal = signal_id
+                self._pend(relative)
+            now = time.monotonic()
+            for relative, seen in list(self._pending.items()):
+                if seen.next_look <= now:
+                    await self.consider(relative)
+            wait = _LOOK_INTERVAL if self._pending else 0.5  # signals are read from the journal twice a second
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look_wake.wait(), wait)
+
+    async def consider(self, relative: str) -> None:
+        """Decide about one file; whatever goes wrong becomes that file's recorded problem, never the loop's."""
         try:
-            before = await asyncio.to_thread(_complete_size, path)
-            if before is None:
-                self._watch_for_stale(path, relative)
-                return
-            if self.settings.settle_seconds:
-                await asyncio.sleep(self.settings.settle_seconds)
-                if await asyncio.to_thread(_complete_size, path) != before:
-                    return  # still being written: its next change brings it back
-            await self._record(relative, await asyncio.to_thread(path.stat))
+            await self._consider(relative)
+        except Exception as exc:
+            self._pending.pop(relative, None)  # looked at again by the next rescan, which re-reads waiting files
+            reason = f"could not be looked at: {exc!r}"
+            log.exception("file could not be looked at", path=relative)
+            with contextlib.suppress(Exception):
+                stat = await asyncio.to_thread(os.stat, self.root / relative)
+                await self.journal.note(relative, stat.st_size, stat.st_mtime_ns, FileState.WAITING, reason)
+
+    async def _consider(self, relative: str) -> None:
+        seen = self._pending.get(relative)
+        if seen is None:
+            return
+        path = self.root / relative
+        if await asyncio.to_thread(path.is_dir):
+            # A new folder: inotify may have missed the files written into it before it was watched.
+            self._pending.pop(relative, None)
+            if relative not in self._folders_scanned:
+                self._folders_scanned.add(relative)
+                await self.rescan(path)
+            return
+        match = self.instruments.match(relative)
+        if match is None:
+            self._pending.pop(relative, None)
+            await self._not_an_instruments_file(relative, path)
+            return
+        rule = match.instrument.completion
+        try:
+            look = await asyncio.to_thread(look_at, path, rule.marker_suffix if rule.rule == "marker" else None)
+        except (FileNotFoundError, NotADirectoryError):
+            self._pending.pop(relative, None)
+            return
+        now = time.monotonic()
+        if look.stamp != seen.stamp:
+            seen.stamp, seen.since = look.stamp, now
+        closed_as = await self.journal.closed_as(relative) if rule.rule == "signal" else None
+        decision = decide(
+            rule, look, now - seen.since, closed_as=closed_as, incomplete_timeout=self.settings.incomplete_timeout
+        )
+        if decision.take:
+            self._pending.pop(relative, None)
+            await self._record(relative, look, decision.reason, explicit=rule.rule in _EXPLICIT_RULES)
+            return
+        if now - seen.first < _NOTE_WAIT_AFTER:
+            # An ordinary wait (a write in progress, a marker about to come): not worth a line in the journal yet.
+            seen.next_look = now + _LOOK_INTERVAL if decision.look_again else seen.first + _NOTE_WAIT_AFTER
+            return
+        if not decision.look_again:
+            self._pending.pop(relative, None)  # its change, its marker, its signal or the rescan brings it back
+        assert decision.reason is not None
+        if decision.reason != seen.noted:
+            seen.noted = decision.reason
+            if await self.journal.note(relative, look.size, look.mtime_ns, FileState.WAITING, decision.reason):
+                log.info("file waiting", path=relative, reason=decision.reason, rule=rule.rule)
+
+    async def _changed_after_sent(self, relative: str, look: Look, before: JournalEntry, *, explicit: bool) -> bool:
+        """A sent file was written again: True when its new content is to be sent (the instrument finished it again).
+
+        The same bytes again are nothing new.  Other content is never a new version by itself: without a rename,
+        a marker or a signal saying the instrument finished the file again, it is held with the reason until an
+        operator retries it.
+        """
+        sent = Manifest.model_validate_json(before.manifest).sha256 if before.manifest else None
+        sha256, _ = await asyncio.to_thread(sha256_file, self.root / relative)
+        if sha256 == sent:
+            await self.journal.restamp(relative, look.size, look.mtime_ns)
+            return False
+        what = f"changed after it was sent ({before.size} bytes sent as {before.archive_id}, {look.size} bytes now)"
+        if explicit and before.state in SENT:
+            reason = f"{what}: the instrument finished it again, so the new content is sent"
+            await self.journal.remember(relative, before.state, reason)
+            log.warning("file changed after it was sent", path=relative, reason=reason)
+            return True
+        reason = f"{what}: not sent again by itself; `skyport monitor retry {relative}` sends it as a new version"
+        await self.journal.hold(relative, look.size, look.mtime_ns, reason)
+        log.warning("file changed after it was sent", path=relative, reason=reason)
+        return False
+
+    async def _not_an_instruments_file(self, relative: str, path: Path) -> None:
+        data_file = self.naming.data_file_of_marker(relative)
+        if data_file is not None:
+            self._pend(data_file)  # its marker arrived
+            return
+        if self.naming.is_writers_own(relative):
+            return
+        reason = self.naming.why_not_taken(relative)
+        if reason is None:
+            return  # outside every instrument's folder: not Skyport's business
+        try:
+            stat = await asyncio.to_thread(path.stat)
         except FileNotFoundError:
             return
-        finally:
-            self._settling.discard(relative)
+        if await self.journal.note(relative, stat.st_size, stat.st_mtime_ns, FileState.IGNORED, reason):
+            log.warning("file ignored", path=relative, reason=reason)
 
-    async def _record(self, relative: str, stat: os.stat_result) -> None:
-        if await self.journal.record(relative, stat.st_size, stat.st_mtime_ns):
-            self.metrics.stage_seconds.labels("detect").observe(max(0.0, time.time() - stat.st_mtime))
-            log.info("file detected", path=relative, bytes=stat.st_size)
-            self._wake.set()
-
-    def _watch_for_stale(self, path: Path, relative: str) -> None:
-        """A file that stays incomplete-looking (truncated, no END card) is taken after a while, to be reported."""
-        if relative in self._stale_checks:
+    async def _record(self, relative: str, look: Look, warning: str | None, *, explicit: bool) -> None:
+        before = await self.journal.get(relative)
+        if before is not None and before.state not in NOTED and (before.size, before.mtime_ns) == look.stamp:
+            return  # journaled as it is
+        sent_before = before if before is not None and before.state in (*SENT, FileState.CHANGED) else None
+        if sent_before and not await self._changed_after_sent(relative, look, sent_before, explicit=explicit):
             return
-        self._stale_checks.add(relative)
-
-        async def check() -> None:
-            try:
-                before = await asyncio.to_thread(path.stat)
-                await asyncio.sleep(self.settings.incomplete_timeout)
-                after = await asyncio.to_thread(path.stat)
-                unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-                if unchanged and await asyncio.to_thread(_complete_size, path) is None:
-                    log.warning("file never looked complete, evaluating it anyway", path=relative)
-                    await self._record(relative, after)
-            except FileNotFoundError:
-                pass
-            finally:
-                self._stale_checks.discard(relative)
-
-        self._spawn(check())
+        if warning:
+            log.warning("file never looked complete, evaluating it anyway", path=relative, reason=warning)
+        if await self.journal.record(relative, look.size, look.mtime_ns):
+            written_at = look.mtime_ns / 1e9
+            self.metrics.stage_seconds.labels("detect").observe(max(0.0, time.time() - written_at))
+            log.info("file detected", path=relative, bytes=look.size)
+            self._wake.set()
 
     # --- doing the work -----------------------------------------------------------------------------
 
@@ -172,22 +337,23 @@ class Monitor:
                 if entry.path not in self._active:
                     self._active.add(entry.path)
                     work = self._evaluate(entry) if entry.state is FileState.DETECTED else self._upload(entry)
-                    self._spawn(work, entry.path)
+                    self._spawn(work, entry)
             next_due = await self.journal.next_due_at((FileState.DETECTED, FileState.EVALUATED))
             wait = 1.0 if next_due is None else min(1.0, max(0.01, next_due - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    def _spawn(self, work: object, path: str | None = None) -> None:
+    def _spawn(self, work: Awaitable[None], entry: JournalEntry) -> None:
         async def run() -> None:
             try:
-                await work  # type: ignore[misc]
-            except Exception:
-                log.exception("monitor task failed", path=path)
+                await work
+            except Exception as exc:
+                log.exception("unexpected error with a file", path=entry.path, state=entry.state.value)
+                with contextlib.suppress(Exception):
+                    await self._unexpected(entry, exc)
             finally:
-                if path is not None:
-                    self._active.discard(path)
-                    self._wake.set()
+                self._active.discard(entry.path)
+                self._wake.set()
 
         task = asyncio.create_task(run())
         self._work.add(task)
@@ -247,6 +413,14 @@ class Monitor:
         log.info("file sent", path=entry.path, archive_id=manifest.archive_id, transfer_id=status.transfer_id)
         await self._settle_transfer(entry, status.state, status.reason)
 
+    async def _unexpected(self, entry: JournalEntry, exc: Exception) -> None:
+        """An error nobody foresaw, with one file: that file's problem, retried a few times, never the monitor's."""
+        if entry.attempts + 1 >= _UNEXPECTED_ATTEMPTS:
+            await self.journal.invalid(entry, f"failed {entry.attempts + 1} times with an unexpected error: {exc!r}")
+            self.metrics.files.labels("invalid").inc()
+        else:
+            await self._retry(entry, f"unexpected error: {exc!r}")
+
     async def _retry(self, entry: JournalEntry, reason: str, *, state: FileState | None = None) -> None:
         delay = min(self.settings.max_retry_delay, 0.5 * 2 ** min(entry.attempts, 10)) * random.uniform(0.5, 1.5)
         await self.journal.retry_later(entry, reason, delay, state=state)
@@ -259,7 +433,10 @@ class Monitor:
         while True:
             await asyncio.sleep(self.settings.follow_interval)
             uploaded = await self.journal.due((FileState.UPLOADED,), time.time(), limit=200)
-            await asyncio.gather(*(self._check(entry) for entry in uploaded))
+            results = await asyncio.gather(*(self._check(entry) for entry in uploaded), return_exceptions=True)
+            for entry, result in zip(uploaded, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("transfer status check failed", path=entry.path, error=repr(result))
 
     async def _check(self, entry: JournalEntry) -> None:
         assert entry.transfer_id is not None
@@ -282,16 +459,18 @@ class Monitor:
             log.error("archive failed the file", path=entry.path, reason=reason)
 
 
-def _walk(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for directory, folders, files in os.walk(root):
+def _walk(top: Path, root: Path) -> list[tuple[str, int, int]]:
+    """Every file below ``top`` (hidden ones left out) as (path relative to ``root``, size, mtime_ns)."""
+    found: list[tuple[str, int, int]] = []
+    for directory, folders, files in os.walk(top):
         folders[:] = [f for f in folders if not f.startswith(".")]
-        found.extend(Path(directory, name) for name in files if not name.startswith("."))
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = Path(directory, name)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # gone since it was listed
+            found.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
     return found
-
-
-def _complete_size(path: Path) -> int | None:
-    """The file's size if it looks completely written, else None."""
-    if not path.is_file() or not looks_complete(path):
-        return None
-    return path.stat().st_size

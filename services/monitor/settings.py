@@ -31,17 +31,12 @@ class MonitorSettings(CommonSettings):
     )
     dep_concurrency: int = Field(default=2, ge=1, description="Files evaluated (validated, hashed) at once.")
     upload_concurrency: int = Field(default=4, ge=1, description="Files uploaded at once.")
-    settle_seconds: float = Field(
-        default=0.1,
-        ge=0,
-        description="A complete-looking file must keep its size this long before it is taken (writers that "
-        "append extensions).",
-    )
     incomplete_timeout: float = Field(
         default=60.0,
         gt=0,
-        description="A file that never looks complete but has not changed for this long is evaluated anyway, "
-        "so a truncated file is reported instead of waited for.",
+        description="A file its completion rule calls finished that never looks like whole FITS, but has not "
+        "changed for this long, is evaluated anyway, so a truncated file is reported instead of waited for. "
+        "When a file is finished is the instrument's completion rule (its configuration's [completion]).",
     )
     rescan_interval: float = Field(
         default=30.0, gt=0, description="Seconds between full rescans of watch_root, the safety net under inotify."

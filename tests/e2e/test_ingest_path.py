@@ -170,7 +170,7 @@ async def test_shared_filesystem_mode_archives_the_file_without_copying_it(
         assert (flow.storage / row["storage_path"]).stat().st_ino == simulated.path.stat().st_ino
 
 
-async def test_a_file_sent_again_is_not_stored_twice_and_new_content_is_a_new_version(
+async def test_a_file_sent_again_is_not_stored_twice_and_changed_content_waits_for_the_operator(
     flow: Flow, instruments: InstrumentCatalog, unique: str
 ) -> None:
     await flow.start("receiver", "ingestor")
@@ -182,12 +182,17 @@ async def test_a_file_sent_again_is_not_stored_twice_and_new_content_is_a_new_ve
     # The operator sends the same file again: the archive recognises the transfer, nothing new is stored.
     await flow.skyport("monitor", "retry", original.relative_path)
     await eventually(lambda: _sent(flow, original.relative_path) == 2, what="the monitor to send the file again")
-    # The instrument writes the same bytes again under the same name: detected again, same transfer.
+    # The instrument writes the same bytes again under the same name: nothing new, nothing sent.
     content = original.path.read_bytes()
     original.path.unlink()
     original.path.write_bytes(content)
 
-    await eventually(lambda: _sent(flow, original.relative_path) == 3, what="the rewritten file sent")
+    async def restamped() -> bool:
+        entry = await flow.journal_entry(original.relative_path)
+        return bool(entry["mtime_ns"] == original.path.stat().st_mtime_ns and entry["state"] == "ingested")
+
+    await eventually(restamped, what="the rewritten file recognised")
+    assert _sent(flow, original.relative_path) == 2
     assert await archived_ids(flow) == {original.archive_id: [1]}
 
     # Another site sends the same bytes (a new transfer): the ingestor sees a duplicate and stores nothing.
@@ -209,10 +214,20 @@ async def test_a_file_sent_again_is_not_stored_twice_and_new_content_is_a_new_ve
         await eventually(duplicate_acknowledged, what="the duplicate to be acknowledged")
     assert await archived_ids(flow) == {original.archive_id: [1]}
 
-    # Reprocessed content under the same archive ID: a new version, kept beside the old.
+    # New content under the same name is never a new version by itself (HIRES's completion rule has no word
+    # from the instrument that the file was finished again): held with the reason until the operator decides.
     with fits.open(original.path, mode="update") as hdul:
         hdul[0].header["HISTORY"] = "reprocessed"
         hdul[0].add_checksum()
+
+    async def held() -> bool:
+        problems = (await flow.monitor_status())["problems"]
+        return any(p["state"] == "changed" and "changed after it was sent" in p["reason"] for p in problems)
+
+    await eventually(held, what="the changed file held with its reason")
+    assert await archived_ids(flow) == {original.archive_id: [1]}
+    # The operator sends it: a new version, kept beside the old.
+    await flow.skyport("monitor", "retry", original.relative_path)
     await eventually(lambda: _versions(flow, original.archive_id, [1, 2]), what="version 2 beside version 1")
     rows = await flow.archived()
     paths = [flow.storage / r["storage_path"] for r in rows]

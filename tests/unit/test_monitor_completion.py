@@ -1,0 +1,172 @@
+"""A file still being written is never taken: each completion rule against a writer that pauses between HDUs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from services.monitor import cli
+from services.monitor.journal import FileState
+from skyport.instruments import load_instruments
+from skyport.simulator import SimulatedFile, Simulator
+from tests.support.observatory import Observatory, instruments_with, observatory
+from tests.support.waiting import eventually
+
+# HIRES writes a primary header and three CCD extensions: three pauses of 1.5 s, each leaving valid FITS behind.
+PAUSE = 1.5
+
+RULES = {
+    "rename": ('[completion]\nrule = "rename"', "rename"),
+    "marker": ('[completion]\nrule = "marker"', "inplace"),
+    "signal": ('[completion]\nrule = "signal"', "inplace"),
+    "fits": ('[completion]\nrule = "fits"', "inplace"),
+    "quiet": ('[completion]\nrule = "quiet"\nquiet_seconds = 4', "inplace"),
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def write_pausing(site: Observatory, mode: str, *, nextend: bool) -> SimulatedFile:
+    sim = Simulator(load_instruments(site.instruments_dir), site.root, seed=7)
+    return await asyncio.to_thread(
+        sim.write_file, "HIRES", size_bytes=300_000, mode=mode, hdu_delay=PAUSE, nextend=nextend
+    )
+
+
+async def signal_closed(site: Observatory, simulated: SimulatedFile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the instrument's software does: ``skyport monitor closed PATH``."""
+    monkeypatch.setenv("SKYPORT_WATCH_ROOT", str(site.root))
+    monkeypatch.setenv("SKYPORT_JOURNAL_PATH", str(site.journal_path))
+    assert await asyncio.to_thread(cli._closed, argparse.Namespace(paths=[str(simulated.path)])) == 0
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+async def test_a_writer_pausing_between_hdus_is_archived_once_complete_never_partial(
+    rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    completion, mode = RULES[rule]
+    async with observatory(tmp_path, instruments_with(tmp_path, "HIRES", completion)) as site:
+        # Without NEXTEND (only the 'fits' rule needs it, and gets it here).
+        simulated = await write_pausing(site, mode, nextend=rule == "fits")
+        if rule == "signal":
+            await signal_closed(site, simulated, monkeypatch)
+        assert simulated.archive_id is not None
+
+        await eventually(
+            lambda: bool(site.archive.versions(simulated.archive_id or "")), timeout=20, what="the file archived"
+        )
+        await asyncio.sleep(1.0)  # a partial file sent late would show up as a second version here
+        (archived,) = site.archive.versions(simulated.archive_id)
+        assert archived.sha256 == sha256(simulated.path)
+        assert archived.manifest.size_bytes == simulated.path.stat().st_size
+        assert not [h for h in await site.journal.history() if "changed after it was sent" in str(h["reason"])]
+
+
+async def test_the_fits_rule_waits_for_a_file_that_does_not_declare_its_extensions(tmp_path: Path) -> None:
+    async with observatory(tmp_path) as site:  # HIRES ships with the 'fits' rule
+        simulated = await write_pausing(site, "inplace", nextend=False)
+
+        async def waiting() -> bool:
+            entry = await site.entry(simulated.relative_path)
+            return entry is not None and entry.state is FileState.WAITING and "NEXTEND" in (entry.reason or "")
+
+        await eventually(waiting, timeout=20, what="the file reported waiting for want of NEXTEND")
+        await site.monitor.rescan()
+        await asyncio.sleep(0.5)
+        assert site.archive.sent == []
+
+        # The operator looks at it and sends it as it is.
+        await site.journal.reset([simulated.relative_path])
+        await eventually(lambda: len(site.archive.sent) == 1, what="the file sent after the operator's retry")
+        assert site.archive.sent[0].sha256 == sha256(simulated.path)
+
+
+async def test_a_file_signalled_closed_then_changed_waits_for_a_new_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    completion, _ = RULES["signal"]
+    async with observatory(tmp_path, instruments_with(tmp_path, "HIRES", completion)) as site:
+        sim = Simulator(load_instruments(site.instruments_dir), site.root, seed=8)
+        simulated = await asyncio.to_thread(sim.write_file, "HIRES", size_bytes=100_000, mode="inplace")
+        content = simulated.path.read_bytes()
+
+        async def waiting_for(phrase: str) -> bool:
+            entry = await site.entry(simulated.relative_path)
+            return entry is not None and entry.state is FileState.WAITING and phrase in (entry.reason or "")
+
+        await site.monitor.rescan()
+        await eventually(lambda: waiting_for("'closed' signal"), what="the file waiting for its signal")
+        # The instrument's software says "closed" too early: half the file is there, the rest follows.
+        simulated.path.write_bytes(content[: len(content) // 2])
+        await signal_closed(site, simulated, monkeypatch)
+        simulated.path.write_bytes(content)
+        await eventually(lambda: waiting_for("changed after the instrument said"), what="the stale signal refused")
+        assert site.archive.sent == []
+
+        await signal_closed(site, simulated, monkeypatch)
+        await eventually(lambda: len(site.archive.sent) == 1, what="the file sent after the new signal")
+        assert site.archive.sent[0].sha256 == sha256(simulated.path)
+
+
+async def test_a_file_changed_after_it_was_sent_is_never_a_new_version_by_itself(tmp_path: Path) -> None:
+    async with observatory(tmp_path) as site:  # HIRES: the 'fits' rule, nothing says "finished again"
+        sim = Simulator(load_instruments(site.instruments_dir), site.root, seed=9)
+        simulated = await asyncio.to_thread(sim.write_file, "HIRES", size_bytes=100_000)
+        await eventually(lambda: len(site.archive.sent) == 1, what="the file archived")
+        entry = await site.entry(simulated.relative_path)
+        assert entry is not None
+        await eventually(lambda: _state_is(site, simulated.relative_path, FileState.INGESTED), what="ingested")
+
+        # The same bytes written again: nothing new.
+        content = simulated.path.read_bytes()
+        simulated.path.unlink()
+        simulated.path.write_bytes(content)
+        await site.monitor.rescan()
+        # New content: held with the reason, not sent.
+        with fits.open(simulated.path, mode="update") as hdul:
+            hdul[0].header["HISTORY"] = "rewritten by hand"
+            hdul[0].add_checksum()
+        await eventually(lambda: _state_is(site, simulated.relative_path, FileState.CHANGED), what="the file held")
+        held = await site.entry(simulated.relative_path)
+        assert held is not None
+        assert "changed after it was sent" in (held.reason or "")
+        assert f"skyport monitor retry {simulated.relative_path}" in (held.reason or "")
+        await site.monitor.rescan()
+        await asyncio.sleep(0.5)
+        assert len(site.archive.sent) == 1
+
+        # The operator's retry sends it: a new version, by decision.
+        await site.journal.reset([simulated.relative_path])
+        await eventually(lambda: len(site.archive.sent) == 2, what="the new content sent after the retry")
+        assert [s.version for s in site.archive.sent] == [1, 2]
+        assert site.archive.sent[1].sha256 == sha256(simulated.path)
+
+
+async def test_a_file_finished_again_by_its_instrument_is_sent_again(tmp_path: Path) -> None:
+    async with observatory(tmp_path) as site:  # KCWI: the 'marker' rule
+        sim = Simulator(load_instruments(site.instruments_dir), site.root, seed=10)
+        simulated = await asyncio.to_thread(sim.write_file, "KCWI", "raw", size_bytes=100_000)
+        await eventually(lambda: _state_is(site, simulated.relative_path, FileState.INGESTED), what="ingested")
+        marker = simulated.path.with_name(simulated.path.name + ".done")
+        with fits.open(simulated.path, mode="update") as hdul:
+            hdul[0].header["HISTORY"] = "reprocessed"
+            hdul[0].add_checksum()
+        await site.monitor.rescan()
+        await asyncio.sleep(0.5)
+        assert len(site.archive.sent) == 1  # the old marker is older than the new content: not finished yet
+        marker.touch()
+        await eventually(lambda: len(site.archive.sent) == 2, what="the new content sent after the new marker")
+        reasons = [str(h["reason"]) for h in await site.journal.history()]
+        assert any("the instrument finished it again" in reason for reason in reasons)
+
+
+async def _state_is(site: Observatory, relative: str, state: FileState) -> bool:
+    entry = await site.entry(relative)
+    return entry is not None and entry.state is state
