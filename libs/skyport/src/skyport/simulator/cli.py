@@ -110,9 +110,13 @@ class _Tally:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``skyport simulate`` with parsed arguments; the exit status."""
-    from skyport.instruments import InstrumentConfigError, load_instruments
-    from skyport.simulator.headers import SimulationError
-    from skyport.simulator.night import Simulator
+    try:
+        from skyport.instruments import InstrumentConfigError, load_instruments
+        from skyport.simulator.headers import SimulationError
+        from skyport.simulator.night import Simulator
+    except ImportError as exc:  # the library installed without its fits extra (astropy, numpy)
+        print(f"skyport simulate: {exc.name} is not installed: pip install 'skyport[fits]'", file=sys.stderr)
+        return 2
 
     try:
         catalog = load_instruments(args.instruments_dir)
