@@ -43,6 +43,7 @@ const link = {
   // null follows tonight, whose date the stream's hello names (tonight); a date is a night the user chose.
   night: null,
   tonight: null,
+  elsewhere: new Map(), // a chosen night's page: night -> archive IDs of its live files of other nights
   cursor: null, // the cursor of the last message received for this night
   attempt: 0, // failed attempts since the stream was last live: sets the back-off
   heartbeat: DEFAULT_HEARTBEAT_S,
@@ -354,7 +355,10 @@ function receive(message) {
     case "file":
       // A chosen night shows its own files only, as its backlog does after a reload; following tonight,
       // every change is news (a file of a night just begun, a reprocessed one).
-      if (link.night && message.file && message.file.night !== link.night) break;
+      if (link.night && message.file && message.file.night !== link.night) {
+        if (message.backlog === false) noteOtherNight(message.file);
+        break;
+      }
       if (message.file && typeof message.file.archive_id === "string") {
         // New to this page: a live change, or a change missed while disconnected (a resumed backlog).
         // A first backlog, or a newly granted program's, is the night so far: listed, not downloaded.
@@ -379,6 +383,8 @@ function receive(message) {
 // --- the table --------------------------------------------------------------------------------------------
 
 function clearFiles() {
+  link.elsewhere.clear();
+  $("other-night").hidden = true;
   table.files.clear();
   table.rows.clear();
   table.instruments.clear();
@@ -386,6 +392,32 @@ function clearFiles() {
   fillSelect($("filter-instrument"), "All instruments", []);
   fillSelect($("filter-level"), "All levels", []);
   scheduleRender();
+}
+
+/** A live file of another night than the one shown: not listed (a reload would not list it), but said. */
+function noteOtherNight(file) {
+  if (typeof file.night !== "string" || typeof file.archive_id !== "string") return;
+  const ids = link.elsewhere.get(file.night) || new Set();
+  ids.add(file.archive_id);
+  link.elsewhere.set(file.night, ids);
+  const latest = [...link.elsewhere.keys()].sort().pop();
+  const count = link.elsewhere.get(latest).size;
+  $("other-night-text").textContent =
+    `${count} new file${count === 1 ? "" : "s"} of the night of ${latest} ${count === 1 ? "is" : "are"} not shown.`;
+  $("show-other-night").dataset.night = latest;
+  $("other-night").hidden = false;
+}
+
+/** Show ``chosen`` (YYYY-MM-DD): its backlog, then its live files; tonight's date follows tonight again. */
+function chooseNight(chosen) {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(chosen)) return;
+  const night = chosen === link.tonight ? null : chosen;
+  if (night === link.night) return;
+  link.night = night;
+  link.cursor = null; // a cursor belongs to its night's stream
+  $("night").value = chosen;
+  clearFiles();
+  if (session.token) connect();
 }
 
 function upsertFile(file, fresh) {
@@ -874,16 +906,8 @@ function start() {
     $(id).addEventListener("change", scheduleRender);
   }
   $("search").addEventListener("input", scheduleRender);
-  $("night").addEventListener("change", () => {
-    const chosen = $("night").value;
-    if (!/^\d{4}-\d{2}-\d{2}$/.test(chosen)) return;
-    const night = chosen === link.tonight ? null : chosen; // tonight again: follow it
-    if (night === link.night) return;
-    link.night = night;
-    link.cursor = null; // a cursor belongs to its night's stream
-    clearFiles();
-    if (session.token) connect();
-  });
+  $("night").addEventListener("change", () => chooseNight($("night").value));
+  $("show-other-night").addEventListener("click", (event) => chooseNight(event.currentTarget.dataset.night));
   for (const th of document.querySelectorAll("#files thead th[data-column]")) {
     th.querySelector("button").addEventListener("click", () => sortBy(th.dataset.column));
   }
