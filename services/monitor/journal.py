@@ -27,7 +27,6 @@ import aiosqlite
 
 class FileState(StrEnum):
     WAITING = "waiting"
-    IGNORED = "ignored"
     DETECTED = "detected"
     EVALUATED = "evaluated"
     UPLOADED = "uploaded"
@@ -35,6 +34,7 @@ class FileState(StrEnum):
     INVALID = "invalid"
     FAILED = "failed"
     CHANGED = "changed"
+    IGNORED = "ignored"
 
 
 TERMINAL = (FileState.INGESTED, FileState.INVALID, FileState.FAILED)

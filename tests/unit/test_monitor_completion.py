@@ -11,8 +11,11 @@ import pytest
 from astropy.io import fits
 
 from services.monitor import cli
+from services.monitor.completion import Look, decide
 from services.monitor.journal import FileState
+from skyport.fits import Structure
 from skyport.instruments import load_instruments
+from skyport.instruments.models import CompletionRule
 from skyport.simulator import SimulatedFile, Simulator
 from tests.support.observatory import Observatory, instruments_with, observatory
 from tests.support.waiting import eventually
@@ -170,3 +173,41 @@ async def test_a_file_finished_again_by_its_instrument_is_sent_again(tmp_path: P
 async def _state_is(site: Observatory, relative: str, state: FileState) -> bool:
     entry = await site.entry(relative)
     return entry is not None and entry.state is state
+
+
+def _look(*, complete: bool = True, declared: bool = True, broken: str | None = None, marker: bool = False) -> Look:
+    waiting = None if complete or broken else "the file is truncated"
+    return Look(size=5760, mtime_ns=1, structure=Structure(complete, declared, broken, waiting), marker=marker)
+
+
+@pytest.mark.parametrize(
+    ("rule", "look", "unchanged_for", "closed_as", "take"),
+    [
+        # rename: a file under its final name is done once its bytes form whole FITS.
+        (CompletionRule(rule="rename"), _look(declared=False), 0.0, None, True),
+        (CompletionRule(rule="rename"), _look(complete=False, declared=False), 0.0, None, False),
+        # marker: not without it, even when the bytes look whole.
+        (CompletionRule(rule="marker"), _look(), 0.0, None, False),
+        (CompletionRule(rule="marker"), _look(declared=False, marker=True), 0.0, None, True),
+        # signal: the signal must describe the file as it is.
+        (CompletionRule(rule="signal"), _look(), 0.0, None, False),
+        (CompletionRule(rule="signal"), _look(), 0.0, (2880, 1), False),
+        (CompletionRule(rule="signal"), _look(declared=False), 0.0, (5760, 1), True),
+        # fits: whole and declared; a file cut at an HDU boundary without NEXTEND is not taken, ever.
+        (CompletionRule(rule="fits"), _look(), 0.0, None, True),
+        (CompletionRule(rule="fits"), _look(declared=False), 3600.0, None, False),
+        # quiet: only after the period, and only whole.
+        (CompletionRule(rule="quiet", quiet_seconds=5), _look(declared=False), 4.9, None, False),
+        (CompletionRule(rule="quiet", quiet_seconds=5), _look(declared=False), 5.0, None, True),
+        # A fault no writing can mend is taken for DEP to report; so is a file unchanged past the timeout.
+        (CompletionRule(rule="fits"), _look(complete=False, declared=False, broken="not FITS"), 0.0, None, True),
+        (CompletionRule(rule="fits"), _look(complete=False, declared=False), 60.0, None, True),
+        (CompletionRule(rule="marker"), _look(complete=False, declared=False), 600.0, None, False),
+    ],
+)
+def test_each_completion_rule_takes_a_file_only_when_its_writer_is_done(
+    rule: CompletionRule, look: Look, unchanged_for: float, closed_as: tuple[int, int] | None, take: bool
+) -> None:
+    decision = decide(rule, look, unchanged_for, closed_as=closed_as, incomplete_timeout=60.0)
+    assert decision.take is take
+    assert decision.take or decision.reason
