@@ -118,7 +118,9 @@ async def test_a_file_signalled_closed_then_changed_waits_for_a_new_signal(
         assert site.archive.sent[0].sha256 == sha256(simulated.path)
 
 
-async def test_a_file_changed_after_it_was_sent_is_never_a_new_version_by_itself(tmp_path: Path) -> None:
+async def test_a_file_changed_after_it_was_sent_is_never_a_new_version_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with observatory(tmp_path) as site:  # HIRES: the 'fits' rule, nothing says "finished again"
         sim = Simulator(load_instruments(site.instruments_dir), site.root, seed=9)
         simulated = await asyncio.to_thread(sim.write_file, "HIRES", size_bytes=100_000)
@@ -146,7 +148,9 @@ async def test_a_file_changed_after_it_was_sent_is_never_a_new_version_by_itself
         assert len(site.archive.sent) == 1
 
         # The operator's retry sends it: a new version, by decision.
-        await site.journal.reset([simulated.relative_path])
+        monkeypatch.setenv("SKYPORT_JOURNAL_PATH", str(site.journal_path))
+        retry = argparse.Namespace(paths=[], failed=False, invalid=False, changed=True)
+        assert await asyncio.to_thread(cli._retry, retry) == 0
         await eventually(lambda: len(site.archive.sent) == 2, what="the new content sent after the retry")
         assert [s.version for s in site.archive.sent] == [1, 2]
         assert site.archive.sent[1].sha256 == sha256(simulated.path)
