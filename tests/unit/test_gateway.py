@@ -10,9 +10,9 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from services.gateway.catalog import Membership, User
-from services.gateway.handlers.http import _stream_parameters
-from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view
+from services.gateway.catalog import Membership, Page, User
+from services.gateway.handlers.http import GatewayApi, _stream_parameters
+from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view, send_backlog
 from services.gateway.tickets import Tickets
 from skyport.cursor import encode_cursor
 from skyport.http import ApiError
@@ -155,3 +155,52 @@ def test_stream_parameters() -> None:
     assert night == date(2026, 11, 21)
     assert after == encode_cursor(4)
     assert selection == frozenset({("KECK", "2026B_U1")})
+
+
+class SearchingCatalog:
+    """Stands in for the catalog's search: remembers what the backlog asked for, answers with ``products``."""
+
+    def __init__(self, products: list[dict[str, Any]]) -> None:
+        self.products = products
+        self.asked: list[list[tuple[str, str]]] = []
+
+    async def search(self, token: str, params: list[tuple[str, str]]) -> Page:
+        self.asked.append(list(params))
+        return Page(self.products, encode_cursor(len(self.products)), False)
+
+
+@pytest.mark.parametrize(("night", "asked"), [(date(2026, 11, 21), "2026-11-21"), (None, "tonight")])
+async def test_the_backlog_asks_the_catalog_for_the_night_and_passes_on_its_night(
+    night: date | None, asked: str
+) -> None:
+    s, _ = stream()
+    s.night = night
+    catalog = SearchingCatalog([product(1, night="2026-11-21")])
+    await send_backlog(catalog, s, up_to=5)  # type: ignore[arg-type]
+    [params] = catalog.asked
+    assert ("night", asked) in params
+    assert not {"t_min", "t_max"} & {name for name, _ in params}  # the catalog's night, not a UT day
+    [message] = queued(s)
+    assert message["file"]["night"] == "2026-11-21"  # the night the catalog gave the file, as live messages do
+    assert json.loads(Change.of(product(2, night="2026-11-21")).live_message)["file"]["night"] == "2026-11-21"
+
+
+def test_the_catalog_is_told_the_address_a_browser_used_or_the_configured_one() -> None:
+    request = make_mocked_request("GET", "/v1/products", headers={"Host": "gateway.example:8083"})
+    assert api()._forwarded(request) == 'host="gateway.example:8083";proto=http'
+    behind_tls = api(public_url="https://skyport.example.org")
+    assert behind_tls._forwarded(request) == 'host="skyport.example.org";proto=https'
+
+
+def api(public_url: str | None = None) -> GatewayApi:
+    metrics = GatewayMetrics(CollectorRegistry())
+    return GatewayApi(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        Tickets(30),
+        metrics,
+        queue_limit=10,
+        heartbeat=15,
+        public_url=public_url,
+    )
