@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -100,3 +101,41 @@ async def test_a_slow_stop_says_what_it_is_still_waiting_for(
     assert len(waiting_for) == 1
     assert waiting_for[0].startswith("uploads_test: finish_uploads (waits in finish_uploads at test_runtime_stop.py:")
     assert lines[-1]["event"] == "stopped"
+
+
+async def test_a_stop_hook_that_never_ends_is_abandoned_loudly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(runtime, "STOP_GRACE", 0.5)
+    monkeypatch.setenv("SKYPORT_SHUTDOWN_TIMEOUT", "0.5")
+    started = asyncio.Event()
+
+    stuck: list[asyncio.Task[object]] = []
+
+    async def stop_watching(timeout: float) -> None:
+        stuck.extend(filter(None, [asyncio.current_task()]))
+        with contextlib.suppress(asyncio.CancelledError):  # swallows its cancellation, as a careless except does
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+
+    @asynccontextmanager
+    async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+        ctx.on_stop(stop_watching)
+        started.set()
+        yield
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        run_services([ServiceSpec("stuck_test", CommonSettings, lifespan, uses_bus=False)], stop=stop)
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    stop.set()
+    await asyncio.wait_for(running, 30)  # without the limit, this would wait for ever
+
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    abandoned = [line for line in lines if line["event"] == "a step of the stop overran its time; abandoned"]
+    assert [line["step"] for line in abandoned] == ["stuck_test: stop_watching"]
+    assert lines[-1]["event"] == "stopped"
+    for task in stuck:  # the test's own clean-up: what the service abandoned
+        task.cancel()
+    await asyncio.gather(*stuck, return_exceptions=True)

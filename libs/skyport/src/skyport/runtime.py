@@ -48,6 +48,8 @@ EVENT_ID_RETENTION = timedelta(days=30)
 Lifespan = Callable[["ServiceContext"], AbstractAsyncContextManager[None]]
 # While a stop takes longer than this, say every so often what it still waits for: a silent wait looks hung.
 STILL_STOPPING_EVERY = 5.0
+# Beyond the shutdown timeout, how long a stop hook may take to give up its work in flight before it is abandoned.
+STOP_GRACE = 5.0
 
 
 class ShutdownProgress:
@@ -66,9 +68,20 @@ class ShutdownProgress:
         finally:
             self._steps.pop(name, None)
 
-    async def run(self, name: str, stopping: Callable[[], Awaitable[Any]]) -> None:
-        async with self.step(name):
-            await stopping()
+    async def run(self, name: str, stopping: Callable[[], Awaitable[Any]], *, limit: float | None = None) -> None:
+        """Run one step of the stop; past ``limit`` seconds it is cancelled and said loudly, and the stop goes on."""
+        work = asyncio.ensure_future(stopping())
+        self._steps[name] = (work, None)
+        try:
+            done, _ = await asyncio.wait({work}, timeout=limit)
+            if not done:
+                # Not awaited after the cancel: a step that ignores its cancellation must not hold the stop either.
+                work.cancel()
+                log.error("a step of the stop overran its time; abandoned", step=name, seconds=limit)
+                return
+            await work
+        finally:
+            self._steps.pop(name, None)
 
     def waiting_for(self) -> list[str]:
         steps = []
@@ -369,13 +382,18 @@ async def _run(specs: Sequence[ServiceSpec], common: CommonSettings, stop: async
         log.info("shutting down", services=names, timeout=common.shutdown_timeout)
         shutdown.start_reporting()
         timeout = common.shutdown_timeout
+        # Each is given `timeout` for its work in flight; one that takes much longer (a loop that ignores its
+        # cancellation) is abandoned rather than holding the process for ever.
+        limit = timeout + STOP_GRACE
         stopping = [
-            shutdown.run(f"{ctx.name}: {_name_of(hook)}", functools.partial(hook, timeout))
+            shutdown.run(f"{ctx.name}: {_name_of(hook)}", functools.partial(hook, timeout), limit=limit)
             for ctx in contexts
             for hook in ctx.stop_hooks
         ]
         if bus is not None:
-            stopping.append(shutdown.run("bus: handlers in flight", functools.partial(bus.stop_consuming, timeout)))
+            stopping.append(
+                shutdown.run("bus: handlers in flight", functools.partial(bus.stop_consuming, timeout), limit=limit)
+            )
         await asyncio.gather(*(asyncio.create_task(step) for step in stopping))
     log.info("stopped", services=names)
 
