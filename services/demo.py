@@ -170,6 +170,15 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
         )
         written = 0
         started = time.monotonic()
+        headers = {"Authorization": f"Bearer {accounts.gateway}"}
+
+        async def in_catalog() -> int | None:
+            """The program's products in the catalog (None while the catalog does not answer)."""
+            with contextlib.suppress(aiohttp.ClientError, KeyError, ValueError):
+                params = {"count": "true", "limit": "1", "propid": PROPID}
+                async with http.get(f"{catalog_url}/v1/products", params=params, headers=headers) as response:
+                    return int((await response.json())["total"])
+            return None
 
         async def write() -> None:
             nonlocal written
@@ -178,8 +187,8 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
             ):
                 written += 1
 
+        before = await in_catalog() or 0  # a restarted demo's earlier files are not this run's progress
         writer = asyncio.create_task(write())
-        headers = {"Authorization": f"Bearer {accounts.gateway}"}
         interactive = sys.stdout.isatty()
         last_line = time.monotonic()
         reported_done = False
@@ -189,11 +198,9 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
                     await asyncio.wait_for(stop.wait(), 1.0)
                 if stop.is_set():
                     break
-                catalogued = "?"
-                with contextlib.suppress(aiohttp.ClientError, KeyError, ValueError):
-                    params = {"count": "true", "limit": "1", "propid": PROPID}
-                    async with http.get(f"{catalog_url}/v1/products", params=params, headers=headers) as response:
-                        catalogued = str((await response.json())["total"])
+                total = await in_catalog()
+                catalogued = "?" if total is None else str(total - before)
+                done = writer.done() and catalogued == str(written)
                 state = "writing" if not writer.done() else "night over"
                 line = (
                     f"[{time.monotonic() - started:6.0f} s] {written} files written, {catalogued} in the catalog "
@@ -201,13 +208,11 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
                 )
                 if interactive:
                     print(f"\r{line}\033[K", end="", flush=True)
-                elif time.monotonic() - last_line >= PROGRESS_EVERY or (
-                    writer.done() and catalogued == str(written) and not reported_done
-                ):
+                elif time.monotonic() - last_line >= PROGRESS_EVERY or (done and not reported_done):
                     # A log file, not a terminal: a line now and then, and one when the night is all catalogued.
                     print(line, flush=True)
                     last_line = time.monotonic()
-                    reported_done = reported_done or (writer.done() and catalogued == str(written))
+                    reported_done = reported_done or done
                 if writer.done() and not writer.cancelled() and (error := writer.exception()) is not None:
                     raise error
         finally:

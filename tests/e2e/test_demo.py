@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import signal
@@ -76,3 +77,85 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+class Demo:
+    """``python -m services.demo`` as a user runs it, its output read line by line."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.output: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, *args: str) -> None:
+        self.output = []
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.demo",
+            "--home",
+            str(self.home),
+            "--port",
+            str(free_port()),
+            *args,
+            cwd=REPO,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+
+    async def read_until(self, pattern: str, timeout: float = 120) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+
+        async def read() -> None:
+            while True:
+                raw = await stdout.readline()
+                if not raw:
+                    raise AssertionError(f"the demo ended before {pattern!r}:\n{''.join(self.output)}")
+                self.output.append(raw.decode(errors="replace"))
+                if re.search(pattern, self.output[-1]):
+                    return
+
+        await asyncio.wait_for(read(), timeout)
+
+    async def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        await self.read_until(r"Skyport demo stopped", 60)
+        assert await asyncio.wait_for(self.proc.wait(), 30) == 0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+
+def night_files(home: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(home)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in (home / "observatory").rglob("*.fits")
+    }
+
+
+async def test_a_restarted_demo_continues_the_night_and_rewrites_nothing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPORT_")}
+    env.update(SKYPORT_RECEIVER_PORT=str(free_port()), SKYPORT_CATALOG_PORT=str(free_port()))
+    demo = Demo(tmp_path / "demo", env)
+    try:
+        await demo.start("--count", "3", "--rate", "4", "--size", "100KB")
+        await demo.read_until(r"3 files written, 3 in the catalog")
+        await demo.stop()
+        first = night_files(demo.home)
+        assert len(first) == 3
+
+        await demo.start("--count", "2", "--rate", "4", "--size", "100KB")
+        await demo.read_until(r"2 files written, 2 in the catalog")
+        await demo.stop()
+    finally:
+        demo.kill()
+
+    after = night_files(demo.home)
+    assert len(after) == 5  # two new files, under new names
+    assert {name: after[name] for name in first} == first  # the first run's files are untouched
