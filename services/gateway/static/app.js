@@ -598,9 +598,8 @@ function timeCell(observedAt) {
   const time = document.createElement("time");
   time.dateTime = iso;
   time.title = `${iso.slice(0, 10)} ${iso.slice(11, 19)} UT`;
-  // The night's own date goes without saying; a file from the evening before shows its date.
-  const night = link.night || link.tonight;
-  time.textContent = iso.slice(0, 10) === night ? iso.slice(11, 19) : `${iso.slice(5, 10)} ${iso.slice(11, 19)}`;
+  // A site's night spans two UT dates (Keck's, from 22:00 UT to 22:00 UT): the date always goes with the time.
+  time.textContent = `${iso.slice(5, 10)} ${iso.slice(11, 19)}`;
   td.append(time);
   return td;
 }
