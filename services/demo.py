@@ -38,7 +38,9 @@ from skyport.simulator import Simulator
 from skyport.simulator.cli import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("monitor", "receiver", "ingestor", "catalog", "gateway")
+# Started in this order and stopped in the reverse: the monitor, the source of everything, starts once the
+# receiver listens (its first files are not retried for nothing) and stops first.
+SERVICES = ("receiver", "ingestor", "catalog", "gateway", "monitor")
 MISSION = "KECK"
 PROPID = "2026B_D042"
 # Seconds between progress lines when the output is not a terminal (on a terminal, one line is rewritten in place).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +18,8 @@ from skyport.errors import Unreachable, connect_reason
 
 # Long enough for a loaded server, short enough that a wrong address fails the start in seconds, not minutes.
 CONNECT_TIMEOUT = 15.0
+# pgserver's pg_ctl waits 10 s for the embedded PostgreSQL each time.
+EMBEDDED_START_ATTEMPTS = 3
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _embedded_servers: dict[Path, Any] = {}
 
@@ -34,12 +38,39 @@ async def resolve_database_url(url: str) -> str:
         return url
     folder = Path(parts.path)
     if folder not in _embedded_servers:
-        from pgserver import get_server  # type: ignore[attr-defined]  # the optional 'embedded' extra: PostgreSQL binaries in a wheel
-
-        # pgserver creates the folder and starts postgres with blocking calls; keep the loop free meanwhile.
-        _embedded_servers[folder] = await asyncio.to_thread(get_server, folder, cleanup_mode="stop")
+        _embedded_servers[folder] = await _start_embedded(folder)
     uri: str = _embedded_servers[folder].get_uri()
     return uri
+
+
+async def _start_embedded(folder: Path) -> Any:
+    """Start (or find running) the embedded PostgreSQL kept in ``folder``."""
+    from pgserver import get_server  # type: ignore[attr-defined]  # the optional 'embedded' extra: PostgreSQL binaries in a wheel
+
+    # pgserver gives pg_ctl 10 s to see PostgreSQL up, too little on a loaded machine though the server does come up:
+    # asked again, it finds it running. Its own error prints the whole server log; ours is one line naming the log.
+    pgserver_log = logging.getLogger("pgserver")
+    level = pgserver_log.level
+    pgserver_log.setLevel(logging.CRITICAL)
+    try:
+        for _ in range(EMBEDDED_START_ATTEMPTS):
+            try:
+                # pgserver creates the folder and starts postgres with blocking calls; keep the loop free meanwhile.
+                return await asyncio.to_thread(get_server, folder, cleanup_mode="stop")
+            except subprocess.TimeoutExpired:
+                continue
+            except (subprocess.CalledProcessError, OSError) as exc:
+                raise Unreachable(
+                    "the embedded PostgreSQL", f"embedded://{folder}", "it did not start", f"see {folder / 'log'}"
+                ) from exc
+    finally:
+        pgserver_log.setLevel(level)
+    raise Unreachable(
+        "the embedded PostgreSQL",
+        f"embedded://{folder}",
+        f"it did not start after {EMBEDDED_START_ATTEMPTS} tries",
+        f"is the machine overloaded? see {folder / 'log'}",
+    )
 
 
 class Database:
