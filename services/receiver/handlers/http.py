@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.receiver.settings import ReceiverSettings
 from services.receiver.staging import ChecksumMismatch, StagedFile, Staging
 from services.receiver.storage import SiteStore, Transfer, TransferStore
+from skyport.api.errors import ErrorCode
 from skyport.db import Database, enqueue
 from skyport.events import CloudEvent, TransferReceived
-from skyport.http import ApiError, json_body, refuse_nul
+from skyport.http import ApiError, json_body, json_errors, refuse_nul
 from skyport.transfer import Manifest, TransferState
 
 SOURCE = "/skyport/receiver"
@@ -29,14 +30,6 @@ log = structlog.get_logger("skyport.receiver")
 
 def problem(status: int, message: str, **detail: Any) -> ApiError:
     return ApiError(status, message, **detail)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return web.json_response(exc.body, status=exc.status, headers=exc.headers)
 
 
 class ReceiverMetrics:
@@ -70,7 +63,7 @@ class TransferApi:
         self._active: set[str] = set()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors, refuse_nul, self.authenticate], client_max_size=1 << 20)
+        app = web.Application(middlewares=[json_errors(), refuse_nul, self.authenticate], client_max_size=1 << 20)
         app.router.add_post("/v1/transfers", self.create_transfer)
         app.router.add_put("/v1/transfers/{transfer_id}/content", self.upload_content)
         app.router.add_get("/v1/transfers/{transfer_id}", self.get_transfer)
@@ -109,7 +102,11 @@ class TransferApi:
                 f"{self.settings.max_upload_bytes}",
             )
         if manifest.shared_path is not None and self.settings.shared_dir is None:
-            raise problem(422, "shared-filesystem mode is not enabled on this receiver: upload the content")
+            raise problem(
+                422,
+                "shared-filesystem mode is not enabled on this receiver: upload the content",
+                code=ErrorCode.SHARED_MODE_DISABLED,
+            )
         async with self.db.transaction() as conn:
             transfer, created = await TransferStore(conn).create(request["site"], manifest)
         log.info(
@@ -137,13 +134,19 @@ class TransferApi:
         declared = request.content_length
         if declared is not None and declared != transfer.manifest.size_bytes:
             self.metrics.rejected.labels("size_mismatch").inc()
-            status = 413 if declared > self.settings.max_upload_bytes else 422
-            raise problem(status, f"Content-Length is {declared}; the manifest says {transfer.manifest.size_bytes}")
+            too_large = declared > self.settings.max_upload_bytes
+            raise problem(
+                413 if too_large else 422,
+                f"Content-Length is {declared}; the manifest says {transfer.manifest.size_bytes}",
+                code=ErrorCode.PAYLOAD_TOO_LARGE if too_large else ErrorCode.SIZE_MISMATCH,
+            )
         if transfer.transfer_id in self._active:
             raise problem(409, "an upload of this transfer is already in progress")
         if self._uploads.locked():
             self.metrics.rejected.labels("busy").inc()
-            raise ApiError(503, "too many uploads at once; retry shortly", headers={"Retry-After": "1"})
+            raise ApiError(
+                503, "too many uploads at once; retry shortly", code=ErrorCode.BUSY, headers={"Retry-After": "1"}
+            )
         async with self._uploads:
             self._active.add(transfer.transfer_id)
             try:
@@ -184,7 +187,7 @@ class TransferApi:
         except ChecksumMismatch as exc:
             self.metrics.rejected.labels("checksum_mismatch").inc()
             log.warning("upload rejected", transfer_id=transfer.transfer_id, reason=str(exc))
-            raise problem(422, f"checksum mismatch: {exc}") from None
+            raise problem(422, f"checksum mismatch: {exc}", code=ErrorCode.CHECKSUM_MISMATCH) from None
         except BaseException:
             part.close()
             await asyncio.to_thread(self.staging.discard_part, transfer.transfer_id)
@@ -198,7 +201,9 @@ class TransferApi:
         assert transfer.manifest.shared_path is not None
         source = self.settings.shared_dir / Path(transfer.manifest.shared_path)
         if not await asyncio.to_thread(source.is_file):
-            raise problem(422, f"{transfer.manifest.shared_path} is not in the shared folder")
+            raise problem(
+                422, f"{transfer.manifest.shared_path} is not in the shared folder", code=ErrorCode.NOT_IN_SHARED_FOLDER
+            )
         try:
             staged = await asyncio.to_thread(
                 self.staging.stage_shared,
@@ -209,7 +214,7 @@ class TransferApi:
             )
         except ChecksumMismatch as exc:
             self.metrics.rejected.labels("checksum_mismatch").inc()
-            raise problem(422, f"checksum mismatch: {exc}") from None
+            raise problem(422, f"checksum mismatch: {exc}", code=ErrorCode.CHECKSUM_MISMATCH) from None
         return await self._mark_received(transfer, staged)
 
     async def _mark_received(self, transfer: Transfer, staged: StagedFile) -> Transfer:
@@ -230,6 +235,7 @@ class TransferApi:
                 sha256=staged.sha256,
                 metadata=manifest.metadata,
                 written_at=manifest.written_at,
+                replaces=manifest.replaces,
             ),
             source=SOURCE,
             correlation_id=transfer.transfer_id,

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skyport.events.models import ArchiveId, HeaderMetadata, Sha256
+from skyport.events.models import ArchiveId, HeaderMetadata, ReplacedContent, Sha256
 from skyport.files import check_relative_path
 
 MAX_FILENAME_LENGTH = 255
@@ -43,6 +43,12 @@ class Manifest(BaseModel):
     shared_path: str | None = Field(
         default=None,
         description="Shared-filesystem mode: the file's path relative to the shared mount; no content upload.",
+    )
+    replaces: list[ReplacedContent] = Field(
+        default_factory=list,
+        max_length=16,
+        description="What the monitor sent before for this file, newest first, when its completion rule took it too "
+        "early (it grew or changed after it was sent): the archive replaces that content with this file.",
     )
 
     _check_name = field_validator("original_filename")(classmethod(lambda cls, v: check_filename(v)))

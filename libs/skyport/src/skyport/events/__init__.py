@@ -23,6 +23,7 @@ from skyport.events.models import (
     HeaderMetadata,
     IngestCompleted,
     IngestFailed,
+    ReplacedContent,
     ReproInfo,
     TransferReceived,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "IngestCompleted",
     "IngestFailed",
     "InvalidEvent",
+    "ReplacedContent",
     "ReproInfo",
     "TransferReceived",
     "configure_schema_base",

@@ -92,6 +92,18 @@ class HeaderMetadata(_Part):
 # --- pipeline commands -------------------------------------------------------------------------------
 
 
+class ReplacedContent(_Part):
+    """Content sent earlier for the same file at the observatory, which a later, complete file replaces.
+
+    A file the monitor took by itself (its instrument's completion rule decided, not the instrument) and that
+    grew or changed after it was sent was taken too early: the archive replaces the partial content instead of
+    keeping it as a version.
+    """
+
+    sha256: Sha256
+    size_bytes: int = Field(ge=0)
+
+
 class TransferReceived(EventData):
     """The receiver has staged a file and verified its checksum; the ingestor takes it from here."""
 
@@ -111,6 +123,11 @@ class TransferReceived(EventData):
     sha256: Sha256
     metadata: HeaderMetadata = Field(default_factory=HeaderMetadata, description="Header metadata extracted by DEP.")
     written_at: datetime | None = Field(default=None, description="When the instrument closed the file.")
+    replaces: list[ReplacedContent] = Field(
+        default_factory=list,
+        description="What the monitor sent before for the same file, newest first, taken before it was complete: "
+        "the archive's version holding any of it is replaced by this file, never followed by a new version.",
+    )
 
     def subject(self) -> str:
         return self.archive_id
@@ -138,6 +155,11 @@ class FileArchived(EventData):
     software_version: str | None = Field(default=None, description="The pipeline build that made the file.")
     reference_files: list[str] = Field(default_factory=list, description="Calibration reference files used.")
     transfer_id: str | None = None
+    replaces: ReplacedContent | None = Field(
+        default=None,
+        description="Set when this content replaced a partial file archived as the same version (same archive ID "
+        "and version, other checksum): the content replaced.",
+    )
 
     def subject(self) -> str:
         return self.archive_id
