@@ -40,17 +40,24 @@ class ArchiveStorage:
     def path(self, relative: str) -> Path:
         return self.root / safe_relative(relative)
 
-    def move_in(self, staged: Path, relative: str, size_bytes: int, sha256: str) -> bool:
+    def move_in(self, staged: Path, relative: str, size_bytes: int, sha256: str, *, replace: bool = False) -> bool:
         """Put ``staged`` at ``relative`` and verify it there; returns True when it took a rename (no copy).
 
         A rename keeps the very inode whose bytes were hashed, so its size is checked; a copy to another file
-        system is hashed again at its destination.
+        system is hashed again at its destination. An archived version is never overwritten, unless ``replace``:
+        then the file there (a partial file the complete one replaces) gives way in one atomic rename, so that
+        the version's path always holds one whole file, the old or the new.
         """
         target = self.path(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         renamed = True
+        # Replacing: the new file is put beside the old one first, then renamed over it.
+        placed = target.with_name(f".{target.name}.replacing") if replace else target
+        if replace:
+            with contextlib.suppress(FileNotFoundError):
+                placed.unlink()  # left by an attempt that died before its rename
         try:
-            os.link(staged, target)  # never overwrites an existing version
+            os.link(staged, placed)  # never overwrites an existing version
         except FileExistsError as exc:
             raise StorageError(f"{relative} exists already; refusing to overwrite an archived version") from exc
         except OSError as exc:
@@ -61,7 +68,9 @@ class ArchiveStorage:
             shutil.copyfile(staged, partial)
             with partial.open("rb+") as handle:
                 os.fsync(handle.fileno())
-            os.replace(partial, target)
+            os.replace(partial, placed)
+        if replace:
+            os.replace(placed, target)
         fsync_directory(target.parent)
         self.verify(relative, size_bytes, sha256 if not renamed else None)
         with contextlib.suppress(FileNotFoundError):

@@ -14,9 +14,16 @@ import asyncpg
 import structlog
 
 from services.ingestor.archive import ArchiveStorage, safe_relative
-from services.ingestor.storage import ArchiveStore
+from services.ingestor.storage import ArchivedVersion, ArchiveStore
 from skyport.db import enqueue
-from skyport.events import CloudEvent, FileArchived, IngestCompleted, IngestFailed, TransferReceived
+from skyport.events import (
+    CloudEvent,
+    FileArchived,
+    IngestCompleted,
+    IngestFailed,
+    ReplacedContent,
+    TransferReceived,
+)
 from skyport.fits import InvalidFile, read_header, sha256_file
 from skyport.instruments import InstrumentCatalog
 
@@ -64,40 +71,92 @@ class Ingestor:
             log.info("duplicate of an archived version", archive_id=received.archive_id, version=same_content.version)
             return
 
-        version = max((v.version for v in versions), default=0) + 1
-        relative = self.storage.relative_path(
-            received.mission,
-            received.instrument,
-            _ut_date(received),
-            received.archive_id,
-            version,
-            received.original_filename,
-        )
+        replaced_by = (await store.superseded(received.archive_id)).get(received.sha256)
+        if replaced_by is not None:
+            # Partial content arriving after the complete file that replaces it (transfers can overtake each other):
+            # acknowledged as the version holding the complete file, never archived as a version of its own.
+            await enqueue(conn, self._completed(received, replaced_by, correlation_id, duplicate=True))
+            await asyncio.to_thread(self._discard_staged, received)
+            log.warning(
+                "partial file arrived after the complete one, not archived",
+                archive_id=received.archive_id,
+                version=replaced_by,
+                transfer_id=received.transfer_id,
+            )
+            return
+
+        partial = version_replaced(versions, received.replaces)
+        if partial is not None:
+            version, relative = partial.version, partial.storage_path
+        else:
+            version = max((v.version for v in versions), default=0) + 1
+            relative = self.storage.relative_path(
+                received.mission,
+                received.instrument,
+                _ut_date(received),
+                received.archive_id,
+                version,
+                received.original_filename,
+            )
         staged = self._staged_path(received)
         if await asyncio.to_thread(staged.exists):
             await asyncio.to_thread(self._verify_staged, staged, received)
-            await asyncio.to_thread(self.storage.move_in, staged, relative, received.size_bytes, received.sha256)
+            await asyncio.to_thread(
+                self.storage.move_in,
+                staged,
+                relative,
+                received.size_bytes,
+                received.sha256,
+                replace=partial is not None,
+            )
         elif await asyncio.to_thread(self.storage.path(relative).exists):
             # A previous attempt moved the file and died before its commit: check what it left.
             await asyncio.to_thread(self.storage.verify, relative, received.size_bytes, received.sha256)
         else:
             raise IngestRejected(f"the staged file {received.staged_path} is missing")
 
-        archived_at = await store.add(
-            archive_id=received.archive_id,
-            version=version,
-            sha256=received.sha256,
-            size_bytes=received.size_bytes,
-            storage_path=relative,
-            mission=received.mission,
-            instrument=received.instrument,
-            level=received.level,
-            original_filename=received.original_filename,
-            transfer_id=received.transfer_id,
-        )
-        await enqueue(conn, self._archived(received, version, relative, archived_at, correlation_id))
+        if partial is not None:
+            archived_at = await store.replace(
+                archive_id=received.archive_id,
+                version=version,
+                sha256=received.sha256,
+                size_bytes=received.size_bytes,
+                transfer_id=received.transfer_id,
+            )
+            log.warning(
+                "complete file replaced the partial one archived before",
+                archive_id=received.archive_id,
+                version=version,
+                bytes=received.size_bytes,
+                partial_bytes=partial.size_bytes,
+                partial_sha256=partial.sha256,
+            )
+        else:
+            archived_at = await store.add(
+                archive_id=received.archive_id,
+                version=version,
+                sha256=received.sha256,
+                size_bytes=received.size_bytes,
+                storage_path=relative,
+                mission=received.mission,
+                instrument=received.instrument,
+                level=received.level,
+                original_filename=received.original_filename,
+                transfer_id=received.transfer_id,
+            )
+            log.info("file archived", archive_id=received.archive_id, version=version, bytes=received.size_bytes)
+        if received.replaces:
+            # Whatever was sent before for this file, archived or not yet: never a version of its own from now on.
+            archived_partial = partial.sha256 if partial is not None else None
+            await store.supersede(
+                received.archive_id,
+                [(r.sha256, r.size_bytes, r.sha256 == archived_partial) for r in received.replaces],
+                version=version,
+                transfer_id=received.transfer_id,
+            )
+        replaced = None if partial is None else ReplacedContent(sha256=partial.sha256, size_bytes=partial.size_bytes)
+        await enqueue(conn, self._archived(received, version, relative, archived_at, correlation_id, replaced))
         await enqueue(conn, self._completed(received, version, correlation_id, duplicate=False))
-        log.info("file archived", archive_id=received.archive_id, version=version, bytes=received.size_bytes)
 
     def _staged_path(self, received: TransferReceived) -> Path:
         try:
@@ -172,6 +231,7 @@ class Ingestor:
         relative: str,
         archived_at: datetime,
         correlation_id: str | None,
+        replaced: ReplacedContent | None,
     ) -> CloudEvent[FileArchived]:
         return CloudEvent.create(
             FileArchived(
@@ -192,10 +252,25 @@ class Ingestor:
                 software_version=received.metadata.software_version,
                 reference_files=received.metadata.reference_files,
                 transfer_id=received.transfer_id,
+                replaces=replaced,
             ),
             source=SOURCE,
             correlation_id=correlation_id,
         )
+
+
+def version_replaced(versions: list[ArchivedVersion], replaces: list[ReplacedContent]) -> ArchivedVersion | None:
+    """The archived version a complete file replaces in place: the latest, when it holds content sent before for it.
+
+    Only the latest: a file taken too early is replaced before anything else is archived under its archive ID. If a
+    newer version came in between (someone else's), or the partial content was never archived (refused, or still
+    on its way), the complete file is archived as a version of its own, and the partial content, if it comes, is
+    recognised as superseded.
+    """
+    if not versions or not replaces:
+        return None
+    latest = versions[-1]
+    return latest if (latest.sha256, latest.size_bytes) in {(r.sha256, r.size_bytes) for r in replaces} else None
 
 
 def _ut_date(received: TransferReceived) -> date:

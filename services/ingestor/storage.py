@@ -64,3 +64,39 @@ class ArchiveStore:
             transfer_id,
         )
         return archived_at
+
+    async def superseded(self, archive_id: str) -> dict[str, int]:
+        """Content a complete file replaced here: sha256 -> the version holding the complete file."""
+        rows = await self.conn.fetch(
+            "SELECT sha256, version FROM superseded_contents WHERE archive_id = $1", archive_id
+        )
+        return {row["sha256"]: row["version"] for row in rows}
+
+    async def replace(
+        self, *, archive_id: str, version: int, sha256: str, size_bytes: int, transfer_id: str
+    ) -> datetime:
+        """The complete file's content replaces a version's partial content (same version, same storage path).
+
+        Stamped with the time of the statement, after the archive ID's lock, so that each replacement is newer than
+        the content it replaces: the catalog goes by that order.
+        """
+        archived_at: datetime = await self.conn.fetchval(
+            "UPDATE archived_files SET sha256 = $3, size_bytes = $4, transfer_id = $5, archived_at = clock_timestamp() "
+            "WHERE archive_id = $1 AND version = $2 RETURNING archived_at",
+            archive_id,
+            version,
+            sha256,
+            size_bytes,
+            transfer_id,
+        )
+        return archived_at
+
+    async def supersede(
+        self, archive_id: str, contents: list[tuple[str, int, bool]], *, version: int, transfer_id: str
+    ) -> None:
+        """Record content (sha256, size, whether it was archived) that the complete file in ``version`` replaces."""
+        await self.conn.executemany(
+            "INSERT INTO superseded_contents (archive_id, sha256, size_bytes, version, archived, transfer_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (archive_id, sha256) DO NOTHING",
+            [(archive_id, sha256, size, version, archived, transfer_id) for sha256, size, archived in contents],
+        )
