@@ -8,7 +8,14 @@ For each ``file.archived`` event, inside the consumer's transaction (so the whol
 - a higher version of a known archive ID becomes the current version: ``dataset.repro``, with the software
   version, the reference files and the version it supersedes;
 - a version already catalogued (the same checksum) changes nothing; an older version arriving after a newer
-  one joins the history silently; the same version with another checksum is refused (dead letter).
+  one joins the history silently; the same version with another checksum is refused (dead letter), unless
+  the event ``replaces`` content: a partial file the monitor took too early, replaced in the archive by the
+  complete file. Then the version is updated in place (checksum, size, metadata) and ``dataset.new`` is sent
+  again for the same version with the new checksum: whoever took the partial file takes the complete one (it is
+  not a reprocessing, so not ``dataset.repro``). The ingestor decided the replacement under its lock, so the
+  catalog goes by the archive's time, not by the checksum replaced: a file replaced twice may have its two
+  replacements catalogued in either order (concurrent batches), and the older one, arriving last, changes
+  nothing (``superseded``).
 
 A program the catalog does not know is created on the fly, with no PI; its files' own release dates apply.
 
@@ -73,6 +80,8 @@ class Outcome(StrEnum):
     REPRO = "repro"
     LATE_VERSION = "late_version"
     DUPLICATE = "duplicate"
+    REPLACED = "replaced"
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -275,7 +284,7 @@ class Cataloguer:
         products = ProductStore(conn)
         await products.lock_archive_ids({step.described.archive_id for step in steps})
         _decide(steps, await products.known_versions({(s.described.archive_id, s.described.version) for s in steps}))
-        recorded = [step for step in steps if step.outcome is not Outcome.DUPLICATE]
+        recorded = [step for step in steps if step.outcome not in (Outcome.DUPLICATE, Outcome.SUPERSEDED)]
         if recorded:
             await self._record(conn, recorded)
         results = [self._done(step) for step in steps]
@@ -305,7 +314,17 @@ class Cataloguer:
             if step.outcome is Outcome.NEW and known_programs[step.program].first_data_at is None
         }
         firsts = await programs.claim_first_data(unclaimed) if unclaimed else set()
-        await products.add_versions([(step.described, step.supersedes) for step in steps])
+        await products.add_versions([(s.described, s.supersedes) for s in steps if s.outcome is not Outcome.REPLACED])
+        # After the insertions: a partial file and its replacement can come in one batch. The last content wins.
+        await products.replace_versions(
+            list(
+                {
+                    (s.described.archive_id, s.described.version): s.described
+                    for s in steps
+                    if s.outcome is Outcome.REPLACED
+                }.values()
+            )
+        )
 
         today = self.today()
         new: dict[str, NewProduct] = {}
@@ -327,6 +346,15 @@ class Cataloguer:
                 else:  # its first version came in this batch: one products row, describing the newest version
                     release_date = inserted.current.release_date if inserted.public else described.release_date
                     new[described.archive_id] = replace(inserted, current=replace(described, release_date=release_date))
+            elif step.outcome is Outcome.REPLACED:
+                step.events = self._new_product_events(step)  # not first, not public: what it was already
+                inserted = new.get(described.archive_id)
+                if inserted is not None and inserted.current.version == described.version:
+                    new[described.archive_id] = replace(
+                        inserted, current=replace(described, release_date=inserted.current.release_date)
+                    )
+                elif step.current_version == described.version:
+                    newer[described.archive_id] = described
         await enqueue_many(conn, [event for step in steps for event in step.events])
         if new or newer:
             # Last, so that the catalog-order lock is held for as short a time as possible (see storage.py).
@@ -371,7 +399,7 @@ class Cataloguer:
         )
 
     def _done(self, step: _Step) -> Catalogued:
-        if step.outcome in (Outcome.LATE_VERSION, Outcome.DUPLICATE):
+        if step.outcome in (Outcome.LATE_VERSION, Outcome.DUPLICATE, Outcome.REPLACED, Outcome.SUPERSEDED):
             self._log(step, log.info)
         result = Catalogued(step.outcome, step.described.archive_id, step.described.version, step.events)
         if self.metrics is not None:
@@ -402,6 +430,10 @@ class Cataloguer:
             method("new version catalogued", **fields, supersedes=step.supersedes)
         elif step.outcome is Outcome.LATE_VERSION:
             method("older version catalogued after a newer one", **fields, current_version=step.current_version)
+        elif step.outcome is Outcome.REPLACED:
+            method("partial file replaced by the complete one", **fields, sha256=described.sha256)
+        elif step.outcome is Outcome.SUPERSEDED:
+            method("replacement older than the content catalogued, ignored", **fields, sha256=described.sha256)
         else:
             method("version already catalogued", **fields)
 
@@ -417,7 +449,7 @@ class _Step:
     supersedes: int | None = None
     """For a repro: the version it supersedes."""
     current_version: int | None = None
-    """For a late version: the newer version that stays current."""
+    """For a late version: the newer version that stays current; for a replaced one: the current version."""
     first: bool = False
     public: bool = False
     events: tuple[CloudEvent[Any], ...] = ()
@@ -430,14 +462,23 @@ class _Step:
 def _decide(steps: Sequence[_Step], known: KnownVersions) -> None:
     """Set each step's outcome, as if the files (in order of archive ID and version) came one after another.
 
-    :class:`InvalidProduct` for a version catalogued (before, or earlier in the batch) with another checksum.
+    :class:`InvalidProduct` for a version catalogued (before, or earlier in the batch) with another checksum,
+    unless the event replaces content (a partial file replaced by the complete one): then the newest content wins.
     """
     current = dict(known.current_version)
     checksums = dict(known.sha256)
+    stamps = dict(known.archived_at)
     for step in steps:
         described = step.described
         key = (described.archive_id, described.version)
         catalogued = checksums.get(key)
+        if catalogued is not None and catalogued != described.sha256 and step.archived.replaces is not None:
+            if described.archived_at <= stamps[key]:
+                step.outcome = Outcome.SUPERSEDED
+                continue
+            checksums[key], stamps[key] = described.sha256, described.archived_at
+            step.outcome, step.current_version = Outcome.REPLACED, current.get(described.archive_id)
+            continue
         if catalogued is not None:
             if catalogued != described.sha256:
                 raise InvalidProduct(
@@ -446,7 +487,7 @@ def _decide(steps: Sequence[_Step], known: KnownVersions) -> None:
                 )
             step.outcome = Outcome.DUPLICATE
             continue
-        checksums[key] = described.sha256
+        checksums[key], stamps[key] = described.sha256, described.archived_at
         version = current.get(described.archive_id)
         if version is None:
             step.outcome = Outcome.NEW

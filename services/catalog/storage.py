@@ -30,7 +30,7 @@ import json
 import re
 import secrets
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -529,6 +529,20 @@ _INSERT_VERSIONS = (
     + f" FROM {_unnest(_VERSION_COLUMNS)}"
 )
 
+# The same version, other content (the version it supersedes stays): see services/catalog/cataloguing.py.
+_REPLACE_VERSIONS = (
+    "UPDATE product_versions v SET "
+    + ", ".join(
+        f"{c} = ARRAY(SELECT jsonb_array_elements_text(t.reference_files::jsonb))"
+        if c == "reference_files"
+        else f"{c} = t.{c}"
+        for c in _VERSION_COLUMNS
+        if c not in ("archive_id", "version", "supersedes_version")
+    )
+    + f", catalogued_at = now() FROM {_unnest(_VERSION_COLUMNS)} "
+    "WHERE v.archive_id = t.archive_id AND v.version = t.version"
+)
+
 
 def _described_arrays(products: Sequence[ProductDescription]) -> list[list[Any]]:
     """One array per described column, in :data:`_DESCRIBED`'s order."""
@@ -561,6 +575,8 @@ class KnownVersions:
     """Each archive ID's current version; archive IDs never catalogued are absent."""
     sha256: dict[tuple[str, int], str]
     """The checksum of each ``(archive ID, version)`` asked about that is catalogued already."""
+    archived_at: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    """When the archive stored the content catalogued for each of those (a replacement is newer)."""
 
 
 @dataclass(frozen=True)
@@ -635,7 +651,7 @@ class ProductStore:
     async def known_versions(self, versions: Collection[tuple[str, int]]) -> KnownVersions:
         """What the catalog holds of these ``(archive ID, version)`` pairs, for cataloguing them (one round trip)."""
         rows = await self.conn.fetch(
-            "SELECT t.archive_id, t.version, p.version AS current_version, v.sha256 "
+            "SELECT t.archive_id, t.version, p.version AS current_version, v.sha256, v.archived_at "
             "FROM unnest($1::text[], $2::int[]) AS t(archive_id, version) "
             "LEFT JOIN products p ON p.archive_id = t.archive_id "
             "LEFT JOIN product_versions v ON v.archive_id = t.archive_id AND v.version = t.version",
@@ -645,6 +661,7 @@ class ProductStore:
         return KnownVersions(
             current_version={r["archive_id"]: r["current_version"] for r in rows if r["current_version"] is not None},
             sha256={(r["archive_id"], r["version"]): r["sha256"] for r in rows if r["sha256"] is not None},
+            archived_at={(r["archive_id"], r["version"]): r["archived_at"] for r in rows if r["sha256"] is not None},
         )
 
     async def current(self, archive_id: str) -> CurrentProduct | None:
@@ -683,6 +700,25 @@ class ProductStore:
             [supersedes for _, supersedes in versions],
             [p.transfer_id for p, _ in versions],
             [p.archived_at for p, _ in versions],
+        )
+
+    async def replace_versions(self, versions: Sequence[ProductDescription]) -> None:
+        """A complete file's content replaces the partial content catalogued for the same version (one round trip)."""
+        if not versions:
+            return
+        await self.conn.execute(
+            _REPLACE_VERSIONS,
+            [p.archive_id for p in versions],
+            [p.version for p in versions],
+            [p.sha256 for p in versions],
+            [p.size_bytes for p in versions],
+            [p.storage_path for p in versions],
+            [p.original_filename for p in versions],
+            [p.software_version for p in versions],
+            [json.dumps(p.reference_files) for p in versions],
+            [None for _ in versions],
+            [p.transfer_id for p in versions],
+            [p.archived_at for p in versions],
         )
 
     async def insert(self, products: Sequence[NewProduct]) -> None:

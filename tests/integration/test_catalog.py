@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from services.catalog.app import service as catalog_service
-from services.catalog.cataloguing import Cataloguer, Outcome
+from services.catalog.cataloguing import Cataloguer, InvalidProduct, Outcome
 from services.catalog.releases import release_due
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import angular_distance, cone
@@ -22,7 +22,7 @@ from services.catalog.storage import Params, ProductStore, cone_condition
 from skyport.bus import Bus, OutgoingMessage
 from skyport.bus.base import utcnow
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
-from skyport.events import CloudEvent, FileArchived
+from skyport.events import CloudEvent, FileArchived, ReplacedContent
 from tests.integration.test_outbox import CrashAfterPublish, CrashBeforePublish
 from tests.support.catalog import (
     FAR_FUTURE,
@@ -306,6 +306,57 @@ async def test_a_batch_gives_the_catalog_and_events_the_files_give_one_by_one(
         (f"KECK/{fresh}", "dataset.first", ((f"HI.{unique}.a", 1),), None)
     ]
     assert fresh_events[0][1] == "dataset.first"  # before any of the program's dataset.new
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one_by_one", "in_one_batch"])
+async def test_a_complete_file_replacing_a_partial_one_updates_its_version_in_place_and_says_so(
+    db: Database, unique: str, together: bool
+) -> None:
+    propid = f"P{unique}"
+    partial = archived(f"HI.{unique}.1", propid=propid, metadata={"exptime_s": 100.0})
+    complete = archived(f"HI.{unique}.1", propid=propid, sha256=sha256_of("complete"), metadata={"exptime_s": 600.0})
+    complete = complete.model_copy(
+        update={
+            "size_bytes": 3_000_000,
+            "replaces": ReplacedContent(sha256=partial.sha256, size_bytes=partial.size_bytes),
+        }
+    )
+    cataloguer = Cataloguer(PUBLIC_URL)
+    if together:
+        async with db.transaction() as conn:
+            results = await cataloguer.catalogue_batch(conn, [(partial, "c1"), (complete, "c2")])
+    else:
+        results = []
+        for data, correlation_id in ((partial, "c1"), (complete, "c2")):
+            async with db.transaction() as conn:
+                results.append(await cataloguer.catalogue(conn, data, correlation_id))
+
+    assert [(r.outcome, r.version) for r in results] == [(Outcome.NEW, 1), (Outcome.REPLACED, 1)]
+    (announced,) = results[1].events  # the same version again, with the complete file's checksum and size
+    assert (announced.type, announced.correlationid) == ("dataset.new", "c2")
+    assert [(f.version, f.sha256, f.size_bytes) for f in announced.data.files] == [(1, complete.sha256, 3_000_000)]
+    versions = await db.pool.fetch(
+        "SELECT version, sha256, size_bytes FROM product_versions WHERE archive_id = $1", partial.archive_id
+    )
+    assert [tuple(v) for v in versions] == [(1, complete.sha256, 3_000_000)]
+    product = await db.pool.fetchrow(
+        "SELECT version, t_exptime FROM products WHERE archive_id = $1", partial.archive_id
+    )
+    assert product is not None
+    assert (product["version"], product["t_exptime"]) == (1, 600.0)
+
+    # The complete file's event again is a duplicate; an older replacement arriving last changes nothing; the
+    # partial file's, late, is refused (a dead letter to look at).
+    older = complete.model_copy(update={"sha256": sha256_of("older"), "archived_at": partial.archived_at})
+    for again, outcome in ((complete, Outcome.DUPLICATE), (older, Outcome.SUPERSEDED)):
+        async with db.transaction() as conn:
+            assert (await cataloguer.catalogue(conn, again)).outcome is outcome
+    assert await db.pool.fetchval("SELECT sha256 FROM product_versions WHERE archive_id = $1", partial.archive_id) == (
+        complete.sha256
+    )
+    with pytest.raises(InvalidProduct):
+        async with db.transaction() as conn:
+            await cataloguer.catalogue(conn, partial)
 
 
 async def test_a_conflicting_checksum_in_a_batch_is_dead_lettered_and_the_rest_catalogued(
