@@ -29,9 +29,6 @@ def add_commands(commands: Any) -> None:
     retry.add_argument("paths", nargs="*", metavar="PATH", help="files, relative to the watch root")
     retry.add_argument("--failed", action="store_true", help="every file the archive failed")
     retry.add_argument("--invalid", action="store_true", help="every file DEP found invalid")
-    retry.add_argument(
-        "--changed", action="store_true", help="every file held because it changed after it was sent (new versions)"
-    )
     retry.set_defaults(func=_retry)
     closed = sub.add_parser(
         "closed",
@@ -106,10 +103,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    chosen = {FileState.FAILED: args.failed, FileState.INVALID: args.invalid, FileState.CHANGED: args.changed}
+    chosen = {FileState.FAILED: args.failed, FileState.INVALID: args.invalid}
     states = [state for state, wanted in chosen.items() if wanted]
     if not args.paths and not states:
-        print("skyport monitor retry: name files, or --failed / --invalid / --changed")
+        print("skyport monitor retry: name files, or --failed / --invalid")
         return 2
     settings = MonitorSettings()
     count = _with_journal(settings, lambda journal: journal.reset(args.paths, states))

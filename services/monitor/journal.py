@@ -3,8 +3,8 @@
 Before that, a file the monitor has seen but may not take is noted too, so nothing vanishes without a trace:
 ``waiting`` (not finished by its instrument's completion rule, or not readable yet; the reason says what it waits
 for) and ``ignored`` (in an instrument's folder but not one of its files: the reason names the naming rule).
-``changed``: the file changed after it was sent, with no word from the instrument that it was finished again: it
-is never sent again by itself (an operator's retry sends it as a new version).
+A sent file that changes is recorded afresh (``detected``), with ``replaces``: what was sent before (newest first),
+when the completion rule that took it was the monitor's own guess, so that the archive replaces the partial file.
 
 States: ``detected`` (needs DEP) → ``evaluated`` (manifest ready, needs upload) → ``uploaded`` (the archive has
 it; followed until) → ``ingested``. ``invalid`` (the file itself is bad, quarantined with the reason) and
@@ -33,7 +33,6 @@ class FileState(StrEnum):
     INGESTED = "ingested"
     INVALID = "invalid"
     FAILED = "failed"
-    CHANGED = "changed"
     IGNORED = "ignored"
 
 
@@ -60,7 +59,8 @@ CREATE TABLE IF NOT EXISTS files (
     evaluated_at    REAL,
     uploaded_at     REAL,
     finished_at     REAL,
-    updated_at      REAL    NOT NULL
+    updated_at      REAL    NOT NULL,
+    replaces        TEXT    -- JSON: what was sent before for this file and is to be replaced (Manifest.replaces)
 );
 CREATE INDEX IF NOT EXISTS files_due ON files (state, next_attempt_at);
 -- Every problem a file met on its way, kept after the file went through: what operators look back on.
@@ -106,6 +106,7 @@ class JournalEntry:
     uploaded_at: float | None
     finished_at: float | None
     updated_at: float
+    replaces: str | None = None
 
 
 def _entry(row: sqlite3.Row) -> JournalEntry:
@@ -134,26 +135,32 @@ class Journal:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(_SCHEMA)
+        await _upgrade(db)
         await db.commit()
         return cls(db)
 
     async def close(self) -> None:
         await self.db.close()
 
-    async def record(self, path: str, size: int, mtime_ns: int) -> bool:
-        """Note a complete file; True when it is new, or changed since it was last recorded (then it starts over)."""
+    async def record(self, path: str, size: int, mtime_ns: int, *, replaces: str | None = None) -> bool:
+        """Note a complete file; True when it is new, or changed since it was last recorded (then it starts over).
+
+        ``replaces`` (JSON, :attr:`Manifest.replaces`): what was sent before for it, for the archive to replace. A
+        file not sent yet keeps what it was to replace, whatever happened to it since.
+        """
         now = time.time()
         cursor = await self.db.execute(
-            "INSERT INTO files (path, size, mtime_ns, written_at, state, detected_at, updated_at) "
-            "VALUES (?, ?, ?, ?, 'detected', ?, ?) "
+            "INSERT INTO files (path, size, mtime_ns, written_at, state, detected_at, updated_at, replaces) "
+            "VALUES (?, ?, ?, ?, 'detected', ?, ?, ?) "
             "ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
             "written_at = excluded.written_at, state = 'detected', archive_id = NULL, manifest = NULL, "
             "transfer_id = NULL, reason = NULL, attempts = 0, next_attempt_at = 0, "
             "detected_at = excluded.detected_at, evaluated_at = NULL, uploaded_at = NULL, finished_at = NULL, "
-            "updated_at = excluded.updated_at "
+            "updated_at = excluded.updated_at, replaces = coalesce(excluded.replaces, "
+            "CASE WHEN files.state NOT IN ('uploaded', 'ingested') THEN files.replaces END) "
             "WHERE files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns "
             "OR files.state IN ('waiting', 'ignored')",
-            (path, size, mtime_ns, mtime_ns / 1e9, now, now),
+            (path, size, mtime_ns, mtime_ns / 1e9, now, now, replaces),
         )
         await self.db.commit()
         return cursor.rowcount > 0
@@ -188,18 +195,6 @@ class Journal:
             )
         await self.db.commit()
         return changed
-
-    async def hold(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        """A sent file changed: keep its new size and time, and hold it (``changed``) until an operator retries it."""
-        now = time.time()
-        await self.db.execute(
-            "UPDATE files SET state = 'changed', size = ?, mtime_ns = ?, reason = ?, updated_at = ? WHERE path = ?",
-            (size, mtime_ns, reason, now, path),
-        )
-        await self.db.execute(
-            "INSERT INTO history (path, state, reason, at) VALUES (?, 'changed', ?, ?)", (path, reason, now)
-        )
-        await self.db.commit()
 
     async def restamp(self, path: str, size: int, mtime_ns: int) -> None:
         """The file was written again with the same content: only its size and time are new."""
@@ -368,6 +363,18 @@ class Journal:
             )
         await self.db.commit()
         return cursor.rowcount > 0
+
+
+async def _upgrade(db: aiosqlite.Connection) -> None:
+    """Bring a journal written by an earlier monitor up to this one's table."""
+    async with db.execute("SELECT name FROM pragma_table_info('files')") as cursor:
+        columns = {row[0] for row in await cursor.fetchall()}
+    if "replaces" not in columns:
+        await db.execute("ALTER TABLE files ADD COLUMN replaces TEXT")
+    # The 'changed' state (a sent file that changed, held for an operator) is gone: the monitor now sends the
+    # new content to replace the old. Such a file is marked as sent with a stamp of its own, so that the next
+    # scan finds it changed and sends it so.
+    await db.execute("UPDATE files SET state = 'ingested', mtime_ns = -1, reason = NULL WHERE state = 'changed'")
 
 
 def _selection(paths: Iterable[str] | None, states: Iterable[FileState]) -> tuple[str, list[object]]:

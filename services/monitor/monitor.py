@@ -14,12 +14,14 @@ from pathlib import Path
 import structlog
 import watchfiles
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import TypeAdapter
 
 from services.monitor.client import ArchiveClient, ContentMismatch, TransientUploadError, UploadRejected
 from services.monitor.completion import Look, Naming, decide, look_at
 from services.monitor.dep import FileChanged, evaluate
 from services.monitor.journal import NOTED, SENT, FileState, Journal, JournalEntry
 from services.monitor.settings import MonitorSettings
+from skyport.events import ReplacedContent
 from skyport.fits import InvalidFile, sha256_file
 from skyport.instruments import InstrumentCatalog
 from skyport.transfer import Manifest, TransferState
@@ -35,6 +37,9 @@ _NOTE_WAIT_AFTER = 10.0
 # A loop that dies this many times without a quiet minute in between makes the monitor not ready.
 _LOOP_FAILURES_UNREADY = 3
 _LOOP_HEALTHY_AFTER = 60.0
+# How many earlier contents of one file a manifest names for the archive to replace (Manifest.replaces).
+_REPLACES_KEPT = 16
+_REPLACES = TypeAdapter(list[ReplacedContent])
 # Unexpected errors evaluating one file: retried with back-off this many times, then the file is marked invalid.
 _UNEXPECTED_ATTEMPTS = 5
 
@@ -272,28 +277,35 @@ class Monitor:
             if await self.journal.note(relative, look.size, look.mtime_ns, FileState.WAITING, decision.reason):
                 log.info("file waiting", path=relative, reason=decision.reason, rule=rule.rule)
 
-    async def _changed_after_sent(self, relative: str, look: Look, before: JournalEntry, *, explicit: bool) -> bool:
-        """A sent file was written again: True when its new content is to be sent (the instrument finished it again).
+    async def _changed_after_sent(
+        self, relative: str, look: Look, before: JournalEntry, *, explicit: bool
+    ) -> list[ReplacedContent] | None:
+        """A sent file was written again: None when there is nothing to send, else what its new content replaces.
 
-        The same bytes again are nothing new.  Other content is never a new version by itself: without a rename,
-        a marker or a signal saying the instrument finished the file again, it is held with the reason until an
-        operator retries it.
+        The same bytes again are nothing new. Other content is never a new version by itself: under a rule where
+        the instrument says it finished the file (rename, marker, signal), it finished it again, and the new
+        content is a new version by the instrument's word. Under a rule where the monitor judged by itself (fits,
+        quiet), the file was taken before it was complete: the later, complete file replaces in the archive what
+        was sent (and anything that replaced before), and the problem is recorded.
         """
-        sent = Manifest.model_validate_json(before.manifest).sha256 if before.manifest else None
+        sent = Manifest.model_validate_json(before.manifest) if before.manifest else None
         sha256, _ = await asyncio.to_thread(sha256_file, self.root / relative)
-        if sha256 == sent:
+        if sent is not None and sha256 == sent.sha256:
             await self.journal.restamp(relative, look.size, look.mtime_ns)
-            return False
-        what = f"changed after it was sent ({before.size} bytes sent as {before.archive_id}, {look.size} bytes now)"
-        if explicit and before.state in SENT:
-            reason = f"{what}: the instrument finished it again, so the new content is sent"
-            await self.journal.remember(relative, before.state, reason)
-            log.warning("file changed after it was sent", path=relative, reason=reason)
-            return True
-        reason = f"{what}: not sent again by itself; `skyport monitor retry {relative}` sends it as a new version"
-        await self.journal.hold(relative, look.size, look.mtime_ns, reason)
+            return None
+        sent_size = sent.size_bytes if sent is not None else before.size
+        what = f"changed after it was sent ({sent_size} bytes sent as {before.archive_id}, {look.size} bytes now)"
+        replaces: list[ReplacedContent] = []
+        if explicit:
+            reason = f"{what}: the instrument finished it again, so the new content is sent as a new version"
+        else:
+            reason = f"{what}: taken before it was complete; the complete file replaces the partial one in the archive"
+            if sent is not None:
+                replaces = [ReplacedContent(sha256=sent.sha256, size_bytes=sent.size_bytes), *sent.replaces]
+                replaces = replaces[:_REPLACES_KEPT]
+        await self.journal.remember(relative, before.state, reason)
         log.warning("file changed after it was sent", path=relative, reason=reason)
-        return False
+        return replaces
 
     async def _not_an_instruments_file(self, relative: str, path: Path) -> None:
         data_file = self.naming.data_file_of_marker(relative)
@@ -316,12 +328,16 @@ class Monitor:
         before = await self.journal.get(relative)
         if before is not None and before.state not in NOTED and (before.size, before.mtime_ns) == look.stamp:
             return  # journaled as it is
-        sent_before = before if before is not None and before.state in (*SENT, FileState.CHANGED) else None
-        if sent_before and not await self._changed_after_sent(relative, look, sent_before, explicit=explicit):
-            return
+        replaces: list[ReplacedContent] = []
+        if before is not None and before.state in SENT:
+            changed = await self._changed_after_sent(relative, look, before, explicit=explicit)
+            if changed is None:
+                return
+            replaces = changed
         if warning:
             log.warning("file never looked complete, evaluating it anyway", path=relative, reason=warning)
-        if await self.journal.record(relative, look.size, look.mtime_ns):
+        replaced = _REPLACES.dump_json(replaces).decode() if replaces else None
+        if await self.journal.record(relative, look.size, look.mtime_ns, replaces=replaced):
             written_at = look.mtime_ns / 1e9
             self.metrics.stage_seconds.labels("detect").observe(max(0.0, time.time() - written_at))
             log.info("file detected", path=relative, bytes=look.size)
@@ -361,6 +377,8 @@ class Monitor:
 
     async def _evaluate(self, entry: JournalEntry) -> None:
         async with self._dep:
+            if self._stopping.is_set():
+                return  # queued when the monitor was told to stop: the journal keeps the file for the next start
             started = time.perf_counter()
             try:
                 manifest = await asyncio.to_thread(
@@ -384,6 +402,8 @@ class Monitor:
                 await self._retry(entry, f"evaluation interrupted: {exc}")
                 return
         self.metrics.stage_seconds.labels("evaluate").observe(time.perf_counter() - started)
+        if entry.replaces:
+            manifest = manifest.model_copy(update={"replaces": _REPLACES.validate_json(entry.replaces)})
         await self.journal.evaluated(entry, manifest.archive_id, manifest.model_dump_json())
         log.info("file evaluated", path=entry.path, archive_id=manifest.archive_id, level=manifest.level)
 
@@ -391,6 +411,8 @@ class Monitor:
         assert entry.manifest is not None
         manifest = Manifest.model_validate_json(entry.manifest)
         async with self._uploads:
+            if self._stopping.is_set():
+                return  # queued when the monitor was told to stop: only transfers under way get the shutdown time
             started = time.perf_counter()
             try:
                 status = await self.client.send(manifest, self.root / entry.path)

@@ -170,7 +170,7 @@ async def test_shared_filesystem_mode_archives_the_file_without_copying_it(
         assert (flow.storage / row["storage_path"]).stat().st_ino == simulated.path.stat().st_ino
 
 
-async def test_a_file_sent_again_is_not_stored_twice_and_changed_content_waits_for_the_operator(
+async def test_a_file_sent_again_is_not_stored_twice_and_changed_content_replaces_what_was_sent(
     flow: Flow, instruments: InstrumentCatalog, unique: str
 ) -> None:
     await flow.start("receiver", "ingestor")
@@ -214,25 +214,34 @@ async def test_a_file_sent_again_is_not_stored_twice_and_changed_content_waits_f
         await eventually(duplicate_acknowledged, what="the duplicate to be acknowledged")
     assert await archived_ids(flow) == {original.archive_id: [1]}
 
-    # New content under the same name is never a new version by itself (HIRES's completion rule has no word
-    # from the instrument that the file was finished again): held with the reason until the operator decides.
+    # New content under the same name is never a new version by itself: HIRES's completion rule ('fits') is the
+    # monitor's own judgement, so the file was taken too early; the complete file takes the place of the old one.
     with fits.open(original.path, mode="update") as hdul:
         hdul[0].header["HISTORY"] = "reprocessed"
         hdul[0].add_checksum()
+    complete = hashlib.sha256(original.path.read_bytes()).hexdigest()
 
-    async def held() -> bool:
-        problems = (await flow.monitor_status())["problems"]
-        return any(p["state"] == "changed" and "changed after it was sent" in p["reason"] for p in problems)
+    async def replaced() -> bool:
+        rows = await flow.archived()
+        return [(r["version"], r["sha256"]) for r in rows] == [(1, complete)]
 
-    await eventually(held, what="the changed file held with its reason")
-    assert await archived_ids(flow) == {original.archive_id: [1]}
-    # The operator sends it: a new version, kept beside the old.
+    await eventually(replaced, what="version 1 replaced by the complete file")
+    (row,) = await flow.archived()
+    stored = flow.storage / row["storage_path"]
+    assert stored.parent.name == "v1"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == complete
+    history = (await flow.monitor_status())["history"]
+    assert any("the complete file replaces the partial one" in h["reason"] for h in history)
+
+    # The operator sends the file again after all: the same bytes, nothing new.
     await flow.skyport("monitor", "retry", original.relative_path)
-    await eventually(lambda: _versions(flow, original.archive_id, [1, 2]), what="version 2 beside version 1")
-    rows = await flow.archived()
-    paths = [flow.storage / r["storage_path"] for r in rows]
-    assert [p.parent.name for p in paths] == ["v1", "v2"]
-    assert all(p.exists() for p in paths)
+    await eventually(lambda: _sent(flow, original.relative_path) == 4, what="the monitor to send the file again")
+    await eventually(lambda: _state(flow, original.relative_path, "ingested"), what="acknowledged")
+    assert await archived_ids(flow) == {original.archive_id: [1]}
+
+
+async def _state(flow: Flow, path: str, state: str) -> bool:
+    return bool((await flow.journal_entry(path))["state"] == state)
 
 
 def _sent(flow: Flow, path: str) -> int:

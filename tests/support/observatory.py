@@ -32,17 +32,29 @@ class Sent:
 
 @dataclass
 class FakeArchive:
-    """Takes every upload at once; a new content under an archive ID is a new version, as the ingestor does."""
+    """Takes every upload at once, as the ingestor does: a new content under an archive ID is a new version, unless
+    it replaces the latest version's content (``Manifest.replaces``): then it takes that version's place."""
 
     sent: list[Sent] = field(default_factory=list)
+    replaced: list[Sent] = field(default_factory=list)
     transfers: dict[str, TransferStatus] = field(default_factory=dict)
 
     async def send(self, manifest: Manifest, path: Path) -> TransferStatus:
         digest = hashlib.sha256(await asyncio.to_thread(path.read_bytes)).hexdigest()
         versions = [s for s in self.sent if s.manifest.archive_id == manifest.archive_id]
         same = next((s for s in versions if s.sha256 == digest), None)
-        version = same.version if same else len(versions) + 1
-        if same is None:
+        replaces = {(r.sha256, r.size_bytes) for r in manifest.replaces}
+        partial = (
+            versions[-1] if versions and (versions[-1].sha256, versions[-1].manifest.size_bytes) in replaces else None
+        )
+        if same is not None:
+            version = same.version
+        elif partial is not None:
+            version = partial.version
+            self.replaced.append(partial)
+            self.sent[self.sent.index(partial)] = Sent(manifest, digest, version)
+        else:
+            version = len(versions) + 1
             self.sent.append(Sent(manifest, digest, version))
         status = self._status(manifest, TransferState.INGESTED, version)
         self.transfers[status.transfer_id] = status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from astropy.io import fits
 
 from services.monitor import cli
 from services.monitor.completion import Look, decide
-from services.monitor.journal import FileState
+from services.monitor.journal import FileState, Journal
 from skyport.fits import Structure
 from skyport.instruments import load_instruments
 from skyport.instruments.models import CompletionRule
@@ -118,42 +119,41 @@ async def test_a_file_signalled_closed_then_changed_waits_for_a_new_signal(
         assert site.archive.sent[0].sha256 == sha256(simulated.path)
 
 
-async def test_a_file_changed_after_it_was_sent_is_never_a_new_version_by_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_file_changed_after_it_was_sent_replaces_the_partial_one_and_the_problem_is_recorded(
+    tmp_path: Path,
 ) -> None:
     async with observatory(tmp_path) as site:  # HIRES: the 'fits' rule, nothing says "finished again"
         sim = Simulator(load_instruments(site.instruments_dir), site.root, seed=9)
         simulated = await asyncio.to_thread(sim.write_file, "HIRES", size_bytes=100_000)
         await eventually(lambda: len(site.archive.sent) == 1, what="the file archived")
-        entry = await site.entry(simulated.relative_path)
-        assert entry is not None
         await eventually(lambda: _state_is(site, simulated.relative_path, FileState.INGESTED), what="ingested")
+        first = site.archive.sent[0]
 
         # The same bytes written again: nothing new.
         content = simulated.path.read_bytes()
         simulated.path.unlink()
         simulated.path.write_bytes(content)
         await site.monitor.rescan()
-        # New content: held with the reason, not sent.
-        with fits.open(simulated.path, mode="update") as hdul:
-            hdul[0].header["HISTORY"] = "rewritten by hand"
-            hdul[0].add_checksum()
-        await eventually(lambda: _state_is(site, simulated.relative_path, FileState.CHANGED), what="the file held")
-        held = await site.entry(simulated.relative_path)
-        assert held is not None
-        assert "changed after it was sent" in (held.reason or "")
-        assert f"skyport monitor retry {simulated.relative_path}" in (held.reason or "")
-        await site.monitor.rescan()
-        await asyncio.sleep(0.5)
-        assert len(site.archive.sent) == 1
-
-        # The operator's retry sends it: a new version, by decision.
-        monkeypatch.setenv("SKYPORT_JOURNAL_PATH", str(site.journal_path))
-        retry = argparse.Namespace(paths=[], failed=False, invalid=False, changed=True)
-        assert await asyncio.to_thread(cli._retry, retry) == 0
-        await eventually(lambda: len(site.archive.sent) == 2, what="the new content sent after the retry")
-        assert [s.version for s in site.archive.sent] == [1, 2]
-        assert site.archive.sent[1].sha256 == sha256(simulated.path)
+        # New content (twice): each time the complete file takes the place of what was sent, never a new version.
+        for line in ("rewritten by hand", "and once more"):
+            with fits.open(simulated.path, mode="update") as hdul:
+                hdul[0].header["HISTORY"] = line
+                hdul[0].add_checksum()
+            expected = sha256(simulated.path)
+            await eventually(
+                lambda expected=expected: site.archive.sent[0].sha256 == expected,
+                what="the new content sent to replace the old",
+            )
+            await eventually(lambda: _state_is(site, simulated.relative_path, FileState.INGESTED), what="ingested")
+        assert [s.version for s in site.archive.sent] == [1]
+        assert [s.sha256 for s in site.archive.replaced] == [first.sha256, site.archive.replaced[1].sha256]
+        # What was sent before for the file, newest first: whichever the archive holds is replaced.
+        assert [r.sha256 for r in site.archive.sent[0].manifest.replaces] == [
+            s.sha256 for s in reversed(site.archive.replaced)
+        ]
+        reasons = [str(h["reason"]) for h in await site.journal.history()]
+        assert len([r for r in reasons if "changed after it was sent" in r]) == 2
+        assert all("the complete file replaces the partial one" in r for r in reasons if "changed after" in r)
 
 
 async def test_a_file_finished_again_by_its_instrument_is_sent_again(tmp_path: Path) -> None:
@@ -215,3 +215,32 @@ def test_each_completion_rule_takes_a_file_only_when_its_writer_is_done(
     decision = decide(rule, look, unchanged_for, closed_as=closed_as, incomplete_timeout=60.0)
     assert decision.take is take
     assert decision.take or decision.reason
+
+
+async def test_a_journal_holding_files_of_the_former_changed_state_sends_them_to_replace_what_was_sent(
+    tmp_path: Path,
+) -> None:
+    # Before: a sent file that changed was held in the state 'changed' until an operator retried it.
+    path = tmp_path / "journal.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+            "written_at REAL NOT NULL, state TEXT NOT NULL, archive_id TEXT, manifest TEXT, transfer_id TEXT, "
+            "reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0, "
+            "detected_at REAL NOT NULL, evaluated_at REAL, uploaded_at REAL, finished_at REAL, "
+            "updated_at REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO files (path, size, mtime_ns, written_at, state, reason, detected_at, updated_at) "
+            "VALUES ('hires/hires0001.fits', 20160, 5, 0, 'changed', 'changed after it was sent', 0, 0)"
+        )
+    journal = await Journal.open(path)
+    try:
+        entry = await journal.get("hires/hires0001.fits")
+        assert entry is not None
+        assert entry.state is FileState.INGESTED  # sent, as it was
+        # ... with a stamp no file has, so that the next scan finds it changed and sends it to replace what was sent.
+        assert (await journal.known())["hires/hires0001.fits"][:2] != (20160, 5)
+        assert entry.replaces is None
+    finally:
+        await journal.close()
