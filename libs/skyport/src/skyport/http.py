@@ -1,15 +1,18 @@
-"""What Skyport's HTTP APIs share: the JSON error they answer with, reading a bearer token, and the checks every
-input passes at the edge (no NUL character anywhere; JSON bodies validated by the models the documents show)."""
+"""What Skyport's HTTP APIs share: the JSON error they answer with (and the middleware that answers it), reading a
+bearer token, and the checks every input passes at the edge (no NUL character anywhere; JSON bodies validated by
+the models the documents show)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
+
+from skyport.api.errors import ErrorCode
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -17,14 +20,72 @@ CHALLENGE = 'Bearer realm="skyport"'
 """The ``WWW-Authenticate`` challenge of every API that takes bearer tokens."""
 
 
-class ApiError(Exception):
-    """An error response with a JSON body a person can act on: ``{"error": ..., **detail}``."""
+_CODE_OF_STATUS = {
+    400: ErrorCode.BAD_PARAMETER,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    422: ErrorCode.BAD_BODY,
+    502: ErrorCode.UNAVAILABLE,
+    503: ErrorCode.UNAVAILABLE,
+    504: ErrorCode.UNAVAILABLE,
+}
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **detail: Any) -> None:
+
+class ApiError(Exception):
+    """An error response with a JSON body (:class:`skyport.api.errors.ErrorBody`): ``error`` in words for a person,
+    ``code`` for a program (by default the usual cause of ``status``; a cause a client acts on has its own)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        headers: dict[str, str] | None = None,
+        **detail: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {"error": message, **detail}
+        default = ErrorCode.INTERNAL if status >= 500 else ErrorCode.BAD_PARAMETER
+        self.code = code or _CODE_OF_STATUS.get(status, default)
+        self.body = {"error": message, "code": self.code.value, **detail}
         self.headers = headers or {}
+
+
+Translate = Callable[[Exception], "ApiError | None"]
+"""A service's own exceptions as the refusals they mean; None for an exception that is not a refusal."""
+
+
+def json_errors(translate: Translate | None = None) -> Any:
+    """The middleware that answers every refusal as an :class:`ApiError` body: the API's own, the service's
+    exceptions that ``translate`` knows, and aiohttp's (unknown route, method, body too large)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            error = exc
+        except web.HTTPRequestEntityTooLarge:
+            error = ApiError(413, "the request body is too large for this API")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = {404: "no such endpoint", 405: "method not allowed here"}.get(exc.status, exc.reason)
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            error = ApiError(exc.status, f"{message}: {request.method} {request.path}", headers=headers)
+        except Exception as exc:
+            translated = translate(exc) if translate is not None else None
+            if translated is None:
+                raise
+            error = translated
+        return web.json_response(error.body, status=error.status, headers=error.headers)
+
+    return middleware
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -41,6 +102,7 @@ def bearer_token(request: web.Request) -> str | None:
         raise ApiError(
             401,
             "the Authorization header must be 'Bearer <token>'",
+            code=ErrorCode.UNAUTHORIZED,
             headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_request"'},
         )
     return token
@@ -54,7 +116,12 @@ def check_no_nul(parameter: str, value: str, *, status: int = 400) -> None:
     caller's.
     """
     if "\x00" in value:
-        raise ApiError(status, f"{parameter[:100]!r} must not contain a NUL character (\\x00)", parameter=parameter)
+        raise ApiError(
+            status,
+            f"{parameter[:100]!r} must not contain a NUL character (\\x00)",
+            code=ErrorCode.NUL_CHARACTER,
+            parameter=parameter,
+        )
 
 
 @web.middleware
@@ -89,25 +156,40 @@ async def json_body(
         raise ApiError(413, f"the body is too large for this API{limit}") from None
     if not raw.strip():
         if required:
-            raise ApiError(status, f"this request needs a JSON body: {example}")
+            raise ApiError(status, f"this request needs a JSON body: {example}", code=ErrorCode.BAD_BODY)
         raw = b"{}"
     try:
         parsed = json.loads(raw)
     except ValueError as exc:
-        raise ApiError(status, f"the body is not valid JSON ({exc}); expected {example}") from None
+        raise ApiError(
+            status, f"the body is not valid JSON ({exc}); expected {example}", code=ErrorCode.BAD_BODY
+        ) from None
     if not isinstance(parsed, dict):
-        raise ApiError(status, f"the body must be a JSON object: {example}")
+        raise ApiError(status, f"the body must be a JSON object: {example}", code=ErrorCode.BAD_BODY)
     for field, text in _texts(parsed, ""):
         check_no_nul(field or "body", text, status=status)
     try:
         # JSON mode, strictly, after writing integral numbers as integers: 2.0 is an integer in JSON Schema.
         return model.model_validate_json(json.dumps(_integral(parsed)), strict=True)
     except ValidationError as exc:
-        errors = [{"field": _field(e["loc"]), "message": _message(e)} for e in exc.errors()]
+        problems = exc.errors()
+        errors = [{"field": _field(e["loc"]), "message": _message(e)} for e in problems]
         first = errors[0]
         raise ApiError(
-            status, f"{first['message']}; expected {example}", parameter=first["field"], errors=errors
+            status,
+            f"{first['message']}; expected {example}",
+            code=_body_code(problems[0]),
+            parameter=first["field"],
+            errors=errors,
         ) from None
+
+
+def _body_code(error: Any) -> ErrorCode:
+    """A validator's refusal of an object as a whole is a rule across its fields (say, ra and dec together), which
+    a JSON schema cannot state; any other is a field that is not as the schema says."""
+    if error["type"] == "value_error" and isinstance(error["input"], dict):
+        return ErrorCode.INCONSISTENT_FIELDS
+    return ErrorCode.BAD_BODY
 
 
 def _texts(value: Any, where: str) -> Iterator[tuple[str, str]]:

@@ -1,0 +1,1 @@
+"""The models of Skyport's HTTP APIs, shared by the services that answer and the clients that read them."""

@@ -1,0 +1,198 @@
+"""The catalog API's answers (``services/catalog/openapi.yaml``): what the catalog sends and its clients read.
+
+Only the fields named here are ever sent, whatever the catalog's tables hold, so that a new column changes the
+public API only when a field is added here (and to the document, which a test compares with these models).
+Clients read them tolerantly: a field a newer catalog adds is ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic.json_schema import SkipJsonSchema
+
+Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")]
+"""A date and time, sent as Python's ISO 8601 (``2026-03-15T08:00:00+00:00``), as the API always has."""
+
+Role = Literal["pi", "coi", "collaborator"]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Product(_Answer):
+    """A product's current version. Columns follow IVOA ObsCore where it names the thing."""
+
+    cursor: str
+    """The product's position in the catalog order, as a search cursor (continues after it)."""
+    archive_id: str
+    version: int
+    mission: str
+    propid: str
+    obset: str | None
+    level: str
+    product: str | None
+    intent: Literal["science", "calibration"]
+    original_filename: str
+    release_date: date
+    public: bool
+    public_since: Timestamp | None
+    released_early: bool
+    obs_collection: str
+    obs_id: str
+    dataproduct_type: str | None
+    calib_level: int | None
+    target_name: str | None
+    s_ra: float | None
+    s_dec: float | None
+    t_min: float | None
+    t_max: float | None
+    t_exptime: float | None
+    em_min: float | None
+    em_max: float | None
+    instrument_name: str
+    facility_name: str
+    access_format: str
+    access_estsize: int
+    filters: list[str]
+    header: dict[str, Any]
+    observed_at: Timestamp | None
+    night: date | None
+    written_at: Timestamp | None
+    first_archived_at: Timestamp
+    archived_at: Timestamp
+    sha256: str
+    size_bytes: int
+    software_version: str | None
+    access_url: str
+    """Download of this version."""
+
+
+class ProductPage(_Answer):
+    """``GET /v1/products``: a page of products in catalog order."""
+
+    products: list[Product]
+    next_cursor: str
+    more: bool
+    total: int | SkipJsonSchema[None] = None
+    """With ``count=true`` only (absent, never null, otherwise): the visible products matching, all pages."""
+
+
+class Version(_Answer):
+    """One version of a product."""
+
+    archive_id: str
+    version: int
+    current: bool
+    sha256: str
+    size_bytes: int
+    original_filename: str
+    software_version: str | None
+    reference_files: list[str]
+    supersedes_version: int | None
+    archived_at: Timestamp
+    catalogued_at: Timestamp
+    access_url: str
+
+
+class ProductDetail(Product):
+    """``GET /v1/products/{archive_id}``: the product and every version, oldest first."""
+
+    versions: list[Version]
+
+
+class NightRule(_Answer):
+    """An observing night's rule at a site, and the night in progress there now."""
+
+    time_zone: str
+    boundary: str
+    tonight: date
+
+
+class MissionNightRule(NightRule):
+    mission: str
+
+
+class NightRules(_Answer):
+    """``GET /v1/nights``."""
+
+    missions: list[MissionNightRule]
+    default: NightRule
+
+
+class Position(_Answer):
+    """``GET /v1/position``: a cursor that continues after the newest change."""
+
+    cursor: str
+
+
+class ProgramRole(_Answer):
+    """A program whose proprietary data the caller sees; ``role`` None for an administrator who is not a member."""
+
+    mission: str
+    propid: str
+    title: str | None
+    role: Role | None
+
+
+class TokenInfo(_Answer):
+    """An API token as its owner sees it: its id and label, never the token."""
+
+    token_id: str
+    label: str
+    created_at: Timestamp
+
+
+class IssuedToken(TokenInfo):
+    """``POST /v1/tokens``: the new token, shown once."""
+
+    token: str
+
+
+class Me(_Answer):
+    """``GET /v1/me``."""
+
+    username: str
+    display_name: str | None
+    email: str | None
+    is_admin: bool
+    programs: list[ProgramRole]
+    tokens: list[TokenInfo]
+
+
+class Member(_Answer):
+    username: str
+    role: Role
+    granted_by: str | None
+    granted_at: Timestamp
+
+
+class Members(_Answer):
+    """``GET /v1/programs/{mission}/{propid}/members``: PI first."""
+
+    mission: str
+    propid: str
+    title: str | None
+    members: list[Member]
+
+
+class MembershipChange(_Answer):
+    """``PUT /v1/programs/{mission}/{propid}/members/{username}``: the membership as it now is."""
+
+    mission: str
+    propid: str
+    username: str
+    role: Role
+    changed: bool
+    """False when it already was so."""
+
+
+class Released(_Answer):
+    """``POST /v1/programs/{mission}/{propid}/release``: the products made public now."""
+
+    mission: str
+    propid: str
+    released: list[str]
