@@ -19,6 +19,8 @@ import pytest
 from services.catalog import cli
 from services.catalog.bulk import local_name
 from services.catalog.cataloguing import Cataloguer, to_mjd
+from skyport.api import catalog as api_models
+from skyport.api.errors import ErrorCode
 from skyport.db import Database
 from skyport.events import FileArchived, decode_event
 from tests.support.catalog import FAR_FUTURE, OBSERVED_AT, archived, catalog_database
@@ -299,6 +301,23 @@ async def test_tokens_are_issued_shown_once_and_stop_working_when_revoked(observ
 
 
 # --- searches ---------------------------------------------------------------------------------------------
+
+
+async def test_answers_carry_exactly_the_fields_of_the_published_models(observatory: Observatory) -> None:
+    o = observatory
+    page = await o.api.json("/v1/products", who="admin", params={"propid": o.propid})
+    assert set(page) == {"products", "next_cursor", "more"}  # total only when counted, never null
+    assert page["products"]
+    for product in page["products"]:
+        assert set(product) == set(api_models.Product.model_fields)
+    assert set(await o.api.json("/v1/products", params={"count": "true"})) == set(api_models.ProductPage.model_fields)
+    detail = await o.api.json(f"/v1/products/{o.public.archive_id}", who="pi")
+    assert set(detail) == set(api_models.ProductDetail.model_fields)
+    [version] = detail["versions"]
+    assert set(version) == set(api_models.Version.model_fields)  # never the storage path nor the transfer
+    assert api_models.ProductDetail.model_validate(detail).versions[0].current
+    me = await o.api.json("/v1/me", who="pi")
+    assert api_models.Me.model_validate(me).model_dump(mode="json") == me  # read and written back, the same text
 
 
 async def test_each_search_filter_selects_exactly_the_products_it_describes(
@@ -686,8 +705,8 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(observatory: Obs
     for who, method, path, options, status, parameter, words in cases:
         response = await o.api.request(method, path, who=who, **options)
         body = await response.json()
-        answer = (response.status, body.get("parameter"), words in body.get("error", ""))
-        if answer != (status, parameter, True):
+        answer = (response.status, body.get("parameter"), words in body.get("error", ""), body.get("code"))
+        if answer != (status, parameter, True, _code_of(method, status, words)):
             wrong[f"{who} {method} {path} {options}"] = (response.status, body)
     assert wrong == {}
     assert await catalog_state(o.db) == before
@@ -695,3 +714,27 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(observatory: Obs
         "skyport_catalog_api_requests_total", {"route": "/v1/products", "method": "GET", "status": "400"}
     )
     assert refused_searches == sum(1 for c in cases if c[1:3] == ("GET", products) and c[4] == 400)
+
+
+_CODE_OF_WORDS = {
+    "ra, dec and radius together": ErrorCode.CONFLICTING_PARAMETERS,
+    "after t_max": ErrorCode.CONFLICTING_PARAMETERS,
+    "not one this API gave out": ErrorCode.UNKNOWN_CURSOR,
+    "letters, digits": ErrorCode.BAD_PARAMETER,  # a path parameter of a request with a body
+    "16 hexadecimal digits": ErrorCode.BAD_PARAMETER,
+}
+_CODE_OF_STATUS = {
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+}
+
+
+def _code_of(method: str, status: int, words: str) -> str:
+    """The code a refusal in the table above must carry."""
+    if words in _CODE_OF_WORDS:
+        return _CODE_OF_WORDS[words].value
+    if status == 400:
+        return (ErrorCode.BAD_BODY if method in ("PUT", "POST") else ErrorCode.BAD_PARAMETER).value
+    return _CODE_OF_STATUS[status].value

@@ -3,23 +3,23 @@ early release, API tokens. See ``services/catalog/openapi.yaml``.
 
 Handlers are thin: read the request (:mod:`services.catalog.handlers.params`), authorise through
 :mod:`services.catalog.access` (every product query carries its rule, see :mod:`services.catalog.queries`),
-call one query or one operation, answer. A product the caller may not see is answered exactly like one that
-does not exist (404, same body), in every door. Callers without a token are anonymous and see public data
-only; a token that is sent must be valid (401 otherwise), and is checked on every request, so that a revoked
-token or membership stops working at the next request.
+call one query or one operation, answer with a model of :mod:`skyport.api.catalog` (never a storage row as it
+is, so that a new column is not published by accident). A product the caller may not see is answered exactly
+like one that does not exist (404, same body), in every door. Callers without a token are anonymous and see
+public data only; a token that is sent must be valid (401 otherwise), and is checked on every request, so that a
+revoked token or membership stops working at the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -31,6 +31,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel
 
 from services.catalog.access import (
     ANONYMOUS,
@@ -57,9 +58,11 @@ from services.catalog.queries import (
 from services.catalog.releases import release_early
 from services.catalog.settings import CatalogSettings
 from services.catalog.storage import ProductVersion, ProgramStore, UserStore
+from skyport.api import catalog as api
+from skyport.api.errors import ErrorCode
 from skyport.cursor import encode_cursor
 from skyport.db import Database
-from skyport.http import CHALLENGE, ApiError, bearer_token, json_body, refuse_nul
+from skyport.http import CHALLENGE, ApiError, bearer_token, json_body, json_errors, refuse_nul
 from skyport.nights import NightRule, Nights
 
 SEARCH_DEFAULT_LIMIT = 100
@@ -78,30 +81,17 @@ VIEWER = web.RequestKey("viewer", Viewer)
 log = structlog.get_logger("skyport.catalog.api")
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every refusal as JSON: the API's own, the access rule's, and aiohttp's (unknown route, body too large)."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        error = exc
-    except BadParameter as exc:
-        error = ApiError(400, str(exc), parameter=exc.parameter)
-    except NotAllowed as exc:
-        error = ApiError(403, str(exc))
-    except (UnknownProgram, UnknownUser) as exc:
-        error = ApiError(404, str(exc))
-    except MembershipRefused as exc:
-        error = ApiError(409, str(exc))
-    except web.HTTPRequestEntityTooLarge:
-        error = ApiError(413, "the request body is too large for this API")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = {404: "no such endpoint", 405: "method not allowed here"}.get(exc.status, exc.reason)
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        error = ApiError(exc.status, f"{message}: {request.method} {request.path}", headers=headers)
-    return web.json_response(error.body, status=error.status, headers=error.headers, dumps=_dumps)
+def refusal(exc: Exception) -> ApiError | None:
+    """The parameters' and the access rule's refusals as the API answers them."""
+    if isinstance(exc, BadParameter):
+        return ApiError(400, str(exc), code=exc.code, parameter=exc.parameter)
+    if isinstance(exc, NotAllowed):
+        return ApiError(403, str(exc))
+    if isinstance(exc, UnknownProgram | UnknownUser):
+        return ApiError(404, str(exc))
+    if isinstance(exc, MembershipRefused):
+        return ApiError(409, str(exc))
+    return None
 
 
 class CatalogApiMetrics:
@@ -150,7 +140,7 @@ class CatalogApi:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self.measure, json_errors, refuse_nul, self.authenticate], client_max_size=1 << 20
+            middlewares=[self.measure, json_errors(refusal), refuse_nul, self.authenticate], client_max_size=1 << 20
         )
         router = app.router
         router.add_get("/v1/products", self.search)
@@ -223,14 +213,13 @@ class CatalogApi:
             total = await queries.count(viewer, search.filter) if search.count else None
         page = found[: search.limit]
         base = self.link_base(request)
-        body: dict[str, Any] = {
-            "products": [self._product_json(p, base) for p in page],
-            "next_cursor": encode_cursor(page[-1].seq if page else search.after_seq),
-            "more": len(found) > search.limit,
-        }
-        if total is not None:
-            body["total"] = total
-        return web.json_response(body, dumps=_dumps)
+        answer = api.ProductPage(
+            products=[api.Product.model_validate(_product_fields(p, base)) for p in page],
+            next_cursor=encode_cursor(page[-1].seq if page else search.after_seq),
+            more=len(found) > search.limit,
+            total=total,
+        )
+        return _answer(answer, exclude={"total"} if total is None else None)
 
     async def product(self, request: web.Request) -> web.Response:
         _only(request, ())
@@ -243,9 +232,11 @@ class CatalogApi:
         if found is None:
             raise _no_product(archive_id, viewer)
         base = self.link_base(request)
-        body = self._product_json(found, base)
-        body["versions"] = [self._version_json(v, found.version, base) for v in versions]
-        return web.json_response(body, dumps=_dumps)
+        return _answer(
+            api.ProductDetail.model_validate(
+                {**_product_fields(found, base), "versions": [_version(v, found.version, base) for v in versions]}
+            )
+        )
 
     async def download(self, request: web.Request) -> web.FileResponse:
         _only(request, ("version",))
@@ -262,6 +253,7 @@ class CatalogApi:
             raise ApiError(
                 404,
                 f"{archive_id} has no version {version}; its current version is {found.current_version}",
+                code=ErrorCode.NOT_FOUND,
                 current_version=found.current_version,
             )
         path = await self._stored_file(stored)
@@ -335,11 +327,16 @@ class CatalogApi:
         _only(request, ())
         now = datetime.now(UTC)
 
-        def described(rule: NightRule) -> dict[str, str]:
-            return {**rule.as_json(), "tonight": rule.tonight(now).isoformat()}
+        def described(rule: NightRule) -> dict[str, object]:
+            return {**rule.as_json(), "tonight": rule.tonight(now)}
 
-        missions = [{"mission": name, **described(rule)} for name, rule in sorted(self.nights.rules.items())]
-        return web.json_response({"missions": missions, "default": described(self.nights.default)})
+        missions = [
+            api.MissionNightRule.model_validate({"mission": name, **described(rule)})
+            for name, rule in sorted(self.nights.rules.items())
+        ]
+        return _answer(
+            api.NightRules(missions=missions, default=api.NightRule.model_validate(described(self.nights.default)))
+        )
 
     async def position(self, request: web.Request) -> web.Response:
         """The newest catalog position (administrators): where a reader of every change starts (the gateway)."""
@@ -349,7 +346,7 @@ class CatalogApi:
             raise ApiError(403, "the catalog position is for administrators (a gateway's service account)")
         async with self._snapshot() as conn:
             seq = await ProductQueries(conn).newest_seq()
-        return web.json_response({"cursor": encode_cursor(seq)})
+        return _answer(api.Position(cursor=encode_cursor(seq)))
 
     # --- people and programs ----------------------------------------------------------------------------
 
@@ -363,16 +360,15 @@ class CatalogApi:
             programs = await programs_visible_to(conn, viewer)
             tokens = await TokenQueries(conn).active(viewer.user_id)
         assert user is not None  # the token was just found with its user
-        return web.json_response(
-            {
-                "username": user.username,
-                "display_name": user.display_name,
-                "email": user.email,
-                "is_admin": user.is_admin,
-                "programs": [asdict(m) for m in programs],
-                "tokens": [asdict(t) for t in tokens],
-            },
-            dumps=_dumps,
+        return _answer(
+            api.Me(
+                username=user.username,
+                display_name=user.display_name,
+                email=user.email,
+                is_admin=user.is_admin,
+                programs=[api.ProgramRole.model_validate(asdict(m)) for m in programs],
+                tokens=[api.TokenInfo.model_validate(asdict(t)) for t in tokens],
+            )
         )
 
     async def members(self, request: web.Request) -> web.Response:
@@ -386,14 +382,13 @@ class CatalogApi:
             if program is None or (role is None and not viewer.is_admin):
                 raise ApiError(404, f"no program {mission}/{propid} among yours")
             members = await ProgramStore(conn).members(mission, propid)
-        return web.json_response(
-            {
-                "mission": mission,
-                "propid": propid,
-                "title": program.title,
-                "members": [asdict(m) for m in members],
-            },
-            dumps=_dumps,
+        return _answer(
+            api.Members(
+                mission=mission,
+                propid=propid,
+                title=program.title,
+                members=[api.Member.model_validate(asdict(m)) for m in members],
+            )
         )
 
     async def grant_member(self, request: web.Request) -> web.Response:
@@ -404,8 +399,10 @@ class CatalogApi:
         role = (await json_body(request, MemberGrant)).role
         async with self.db.transaction() as conn:
             change = await grant(conn, viewer, mission, propid, username, role)
-        return web.json_response(
-            {"mission": mission, "propid": propid, "username": username, "role": role, "changed": change is not None}
+        return _answer(
+            api.MembershipChange(
+                mission=mission, propid=propid, username=username, role=role, changed=change is not None
+            )
         )
 
     async def revoke_member(self, request: web.Request) -> web.Response:
@@ -434,9 +431,7 @@ class CatalogApi:
                 public_url=self.public_url,
                 max_files_per_event=self.settings.public_event_max_files,
             )
-        return web.json_response(
-            {"mission": mission, "propid": propid, "released": [f.archive_id for f in released]}, dumps=_dumps
-        )
+        return _answer(api.Released(mission=mission, propid=propid, released=[f.archive_id for f in released]))
 
     # --- tokens -----------------------------------------------------------------------------------------
 
@@ -450,8 +445,10 @@ class CatalogApi:
             issued = await TokenQueries(conn).get(viewer.user_id, token_id_of(token))
         assert issued is not None
         log.info("token issued", token_id=issued.token_id, label=label)
-        return web.json_response(
-            {"token": token, **asdict(issued)}, status=201, headers={"Cache-Control": "no-store"}, dumps=_dumps
+        return _answer(
+            api.IssuedToken.model_validate({"token": token, **asdict(issued)}),
+            status=201,
+            headers={"Cache-Control": "no-store"},
         )
 
     async def revoke_token(self, request: web.Request) -> web.Response:
@@ -518,19 +515,34 @@ class CatalogApi:
             return self.public_url
         return f"{proto}://{host}"
 
-    def _product_json(self, found: FoundProduct, base: str) -> dict[str, Any]:
-        body = asdict(found)
-        body["cursor"] = encode_cursor(body.pop("seq"))
-        body["public"] = found.public_since is not None
-        body["access_url"] = download_url(base, quote(found.archive_id, safe=""), found.version)
-        return body
 
-    def _version_json(self, version: ProductVersion, current: int, base: str) -> dict[str, Any]:
-        body = asdict(version)
-        del body["storage_path"], body["transfer_id"]
-        body["current"] = version.version == current
-        body["access_url"] = download_url(base, quote(version.archive_id, safe=""), version.version)
-        return body
+def _product_fields(found: FoundProduct, base: str) -> dict[str, Any]:
+    """The product's values, for :class:`skyport.api.catalog.Product` to take the ones the API shows."""
+    return {
+        **asdict(found),
+        "cursor": encode_cursor(found.seq),
+        "public": found.public_since is not None,
+        "access_url": download_url(base, quote(found.archive_id, safe=""), found.version),
+    }
+
+
+def _version(version: ProductVersion, current: int, base: str) -> api.Version:
+    """A version as the API shows it (never its storage path nor the transfer that brought it)."""
+    return api.Version.model_validate(
+        {
+            **asdict(version),
+            "current": version.version == current,
+            "access_url": download_url(base, quote(version.archive_id, safe=""), version.version),
+        }
+    )
+
+
+def _answer(
+    model: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None, exclude: set[str] | None = None
+) -> web.Response:
+    return web.Response(
+        text=model.model_dump_json(exclude=exclude), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _no_product(archive_id: str, viewer: Viewer) -> ApiError:
@@ -538,7 +550,7 @@ def _no_product(archive_id: str, viewer: Viewer) -> ApiError:
     message = f"no product {archive_id}"
     if viewer.is_anonymous:
         message += " among public data (proprietary data need a token)"
-    return ApiError(404, message)
+    return ApiError(404, message, code=ErrorCode.NOT_FOUND)
 
 
 def _user(request: web.Request) -> Viewer:
@@ -591,13 +603,3 @@ def _attachment(filename: str) -> str:
     """A Content-Disposition naming the original file: an ASCII fallback, and the exact name (RFC 6266)."""
     fallback = re.sub(r"[^A-Za-z0-9._+-]", "_", filename) or "file"
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_jsonable)

@@ -30,6 +30,7 @@ import skyport.cursor
 from services.catalog.cataloguing import to_mjd
 from services.catalog.queries import ProductFilter, Tonight
 from services.catalog.sky import Cone, cone
+from skyport.api.errors import ErrorCode
 from skyport.cursor import BadCursor
 from skyport.nights import Nights
 
@@ -57,9 +58,10 @@ SEARCH_PARAMETERS = frozenset(_REPEATABLE + _SINGLE)
 class BadParameter(ValueError):
     """A query parameter that cannot be used as it is; the message says what was expected."""
 
-    def __init__(self, parameter: str, message: str) -> None:
+    def __init__(self, parameter: str, message: str, *, code: ErrorCode = ErrorCode.BAD_PARAMETER) -> None:
         super().__init__(message)
         self.parameter = parameter
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,11 @@ def decode_cursor(cursor: str) -> int:
     try:
         return skyport.cursor.decode_cursor(cursor)
     except BadCursor:
-        raise BadParameter("cursor", f"cursor {cursor[:100]!r} is not one this API gave out (next_cursor)") from None
+        raise BadParameter(
+            "cursor",
+            f"cursor {cursor[:100]!r} is not one this API gave out (next_cursor)",
+            code=ErrorCode.UNKNOWN_CURSOR,
+        ) from None
 
 
 def parse_search(
@@ -102,7 +108,9 @@ def parse_search(
     t_min = None if single["t_min"] is None else parse_observation_time("t_min", single["t_min"])
     t_max = None if single["t_max"] is None else parse_observation_time("t_max", single["t_max"])
     if t_min is not None and t_max is not None and t_min > t_max:
-        raise BadParameter("t_min", "t_min is after t_max: the observation-time range is empty")
+        raise BadParameter(
+            "t_min", "t_min is after t_max: the observation-time range is empty", code=ErrorCode.CONFLICTING_PARAMETERS
+        )
     product_filter = ProductFilter(
         missions=tuple(m.upper() for m in _values(query, "mission")),
         propids=_values(query, "propid"),
@@ -223,7 +231,11 @@ def _cone(ra_text: str | None, dec_text: str | None, radius_text: str | None) ->
         return None
     missing = [name for name, value in given.items() if value is None]
     if missing:
-        raise BadParameter(missing[0], f"a cone search needs ra, dec and radius together: {missing[0]} is missing")
+        raise BadParameter(
+            missing[0],
+            f"a cone search needs ra, dec and radius together: {missing[0]} is missing",
+            code=ErrorCode.CONFLICTING_PARAMETERS,
+        )
     assert ra_text is not None
     assert dec_text is not None
     assert radius_text is not None
