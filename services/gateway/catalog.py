@@ -4,18 +4,24 @@ The gateway decides nothing about access itself. Who a token belongs to and whic
 come from the catalog's ``GET /v1/me`` (its access rule's ``programs_visible_to``); backlogs come from the
 catalog's search with the user's own token, so the catalog filters them. Only the feed of every change
 (:meth:`CatalogClient.changes`) uses the gateway's administrator token, and the gateway passes on from it
-only what ``/v1/me`` says the user may see.
+only what ``/v1/me`` says the user may see. Answers are read with the catalog's own models
+(:mod:`skyport.api.catalog`), and refusals by their ``code``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
 
+from skyport.api import catalog as api
+from skyport.api.errors import ErrorCode, error_code
 from skyport.nights import NightRule, Nights
+
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
 
 Program = tuple[str, str]
 """(mission, propid)"""
@@ -28,9 +34,10 @@ class CatalogUnavailable(Exception):
 class CatalogRefused(Exception):
     """The catalog answered with an error that is the caller's (400, 403, 404)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: ErrorCode | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class User:
 
 @dataclass(frozen=True)
 class Page:
-    products: list[dict[str, Any]]
+    products: list[api.Product]
     next_cursor: str
     more: bool
 
@@ -78,15 +85,13 @@ class CatalogClient:
     async def user(self, token: str) -> User | None:
         """Who ``token`` belongs to, or None when the catalog does not know it (unknown or revoked)."""
         try:
-            body = await self._get("/v1/me", token)
+            me = _parse(api.Me, await self._get("/v1/me", token), "/v1/me")
         except CatalogRefused as exc:
-            if exc.status == 401:
+            if exc.code is ErrorCode.UNAUTHORIZED:
                 return None
             raise
-        memberships = tuple(
-            Membership(p["mission"], p["propid"], p.get("role"), p.get("title")) for p in body["programs"]
-        )
-        return User(body["username"], bool(body["is_admin"]), memberships)
+        memberships = tuple(Membership(p.mission, p.propid, p.role, p.title) for p in me.programs)
+        return User(me.username, me.is_admin, memberships)
 
     async def search(self, token: str, params: Sequence[tuple[str, str]]) -> Page:
         """One page of ``GET /v1/products`` as the user sees it (the catalog applies its access rule)."""
@@ -95,18 +100,17 @@ class CatalogClient:
     async def nights(self) -> Nights:
         """Each mission's observing-night rule, as the catalog has it (asked once: it is configuration)."""
         if self._nights is None:
-            body = await self._get("/v1/nights", self._service_token)
+            described = _parse(api.NightRules, await self._get("/v1/nights", self._service_token), "/v1/nights")
             try:
-                rules = {r["mission"]: NightRule.model_validate(_rule(r)) for r in body["missions"]}
-                self._nights = Nights(rules, NightRule.model_validate(_rule(body["default"])))
-            except (KeyError, TypeError, ValueError) as exc:
+                rules = {r.mission: _rule(r) for r in described.missions}
+                self._nights = Nights(rules, _rule(described.default))
+            except ValueError as exc:
                 raise CatalogUnavailable(f"the catalog's /v1/nights is not what the gateway expects: {exc}") from exc
         return self._nights
 
     async def position(self) -> str:
         """The newest cursor in the catalog order (the gateway's administrator token)."""
-        body = await self._get("/v1/position", self._service_token)
-        return str(body["cursor"])
+        return _parse(api.Position, await self._get("/v1/position", self._service_token), "/v1/position").cursor
 
     async def changes(self, cursor: str, limit: int) -> Page:
         """Every change after ``cursor``, in catalog order (the gateway's administrator token)."""
@@ -122,7 +126,7 @@ class CatalogClient:
                 body = await response.json(content_type=None)
                 if response.status >= 400:
                     message = body.get("error") if isinstance(body, dict) else None
-                    raise CatalogRefused(response.status, str(message or f"HTTP {response.status}"))
+                    raise CatalogRefused(response.status, str(message or f"HTTP {response.status}"), error_code(body))
                 if not isinstance(body, dict):
                     raise CatalogUnavailable(f"the catalog answered {path} with something that is not an object")
                 return body
@@ -130,9 +134,17 @@ class CatalogClient:
             raise CatalogUnavailable(f"the catalog at {self.base_url} could not answer {path}: {exc!r}") from exc
 
 
-def _rule(described: dict[str, Any]) -> dict[str, Any]:
-    return {"time_zone": described["time_zone"], "boundary": described["boundary"]}
+def _parse(model: type[AnswerT], body: dict[str, Any], path: str) -> AnswerT:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise CatalogUnavailable(f"the catalog's {path} is not what the gateway expects: {exc}") from exc
+
+
+def _rule(described: api.NightRule) -> NightRule:
+    return NightRule.model_validate({"time_zone": described.time_zone, "boundary": described.boundary})
 
 
 def _page(body: dict[str, Any]) -> Page:
-    return Page(list(body["products"]), str(body["next_cursor"]), bool(body["more"]))
+    page = _parse(api.ProductPage, body, "/v1/products")
+    return Page(page.products, page.next_cursor, page.more)

@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.gateway.catalog import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
+from skyport.api.catalog import Product
 from skyport.cursor import decode_cursor, encode_cursor
 
 log = structlog.get_logger("skyport.gateway")
@@ -71,12 +72,12 @@ _FILE_FIELDS = (
 )
 
 
-def file_view(product: dict[str, Any]) -> dict[str, Any]:
+def file_view(product: Product) -> dict[str, Any]:
     """The protocol's ``file`` object for a catalog product (see PROTOCOL.md)."""
-    view = {name: product.get(name) for name in _FILE_FIELDS}
-    version = int(product["version"])
-    view["state"] = "public" if product["public"] else "reprocessed" if version > 1 else "new"
-    view["download_url"] = f"/v1/files/{quote(product['archive_id'], safe='')}?version={version}"
+    described = product.model_dump(mode="json", include=set(_FILE_FIELDS))
+    view = {name: described[name] for name in _FILE_FIELDS}
+    view["state"] = "public" if product.public else "reprocessed" if product.version > 1 else "new"
+    view["download_url"] = f"/v1/files/{quote(product.archive_id, safe='')}?version={product.version}"
     return view
 
 
@@ -93,9 +94,9 @@ class Change:
     live_message: str
 
     @classmethod
-    def of(cls, product: dict[str, Any]) -> Change:
-        message = {"type": "file", "backlog": False, "cursor": product["cursor"], "file": file_view(product)}
-        return cls(decode_cursor(product["cursor"]), (product["mission"], product["propid"]), dumps(message))
+    def of(cls, product: Product) -> Change:
+        message = {"type": "file", "backlog": False, "cursor": product.cursor, "file": file_view(product)}
+        return cls(decode_cursor(product.cursor), (product.mission, product.propid), dumps(message))
 
 
 class GatewayMetrics:
@@ -374,11 +375,11 @@ async def send_backlog(
     while True:
         page = await client.search(stream.token, params + ([("cursor", cursor)] if cursor else []))
         for product in page.products:
-            if decode_cursor(product["cursor"]) > up_to:
+            if decode_cursor(product.cursor) > up_to:
                 return
-            if (product["mission"], product["propid"]) in wanted and not stream.closing:
+            if (product.mission, product.propid) in wanted and not stream.closing:
                 await stream.put(
-                    {"type": "file", "backlog": True, "cursor": product["cursor"], "file": file_view(product)}
+                    {"type": "file", "backlog": True, "cursor": product.cursor, "file": file_view(product)}
                 )
         if not page.more or stream.closing:
             return

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from skyport.api.errors import ErrorCode, error_code
 from skyport.transfer import Manifest, TransferState, TransferStatus
 
 
@@ -55,10 +57,12 @@ class ArchiveClient:
                 body = await response.read()
                 if response.status in (200, 201):
                     return TransferStatus.model_validate_json(body)
-                reason = _reason(body) or response.reason or "no reason given"
+                document = _document(body)
+                reason = _reason(document, body) or response.reason or "no reason given"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientUploadError(f"archive unreachable: {type(exc).__name__}: {exc}") from exc
-        if response.status == 422 and reason.startswith("checksum mismatch"):
+        # Decided on the code, never on the wording, which is for people and may change.
+        if error_code(document) is ErrorCode.CHECKSUM_MISMATCH:
             raise ContentMismatch(reason)
         if response.status in (413, 422):
             raise UploadRejected(f"HTTP {response.status}: {reason}")
@@ -67,12 +71,16 @@ class ArchiveClient:
         raise TransientUploadError(f"HTTP {response.status} from the archive: {reason}")
 
 
-def _reason(body: bytes) -> str | None:
+def _document(body: bytes) -> object:
+    """The parsed JSON of an error body; None when it is not JSON."""
     try:
-        import json
-
-        document = json.loads(body)
+        return json.loads(body)
     except ValueError:
+        return None
+
+
+def _reason(document: object, body: bytes) -> str | None:
+    if document is None:
         return body.decode(errors="replace")[:500] or None
     if isinstance(document, dict):
         detail = document.get("errors")

@@ -14,6 +14,7 @@ from services.gateway.catalog import Membership, Page, User
 from services.gateway.handlers.http import GatewayApi, _stream_parameters
 from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view, send_backlog
 from services.gateway.tickets import Tickets
+from skyport.api.catalog import Product
 from skyport.cursor import encode_cursor
 from skyport.http import ApiError
 from tests.support.waiting import eventually
@@ -34,16 +35,55 @@ class RecordingSocket:
         return True
 
 
-def product(seq: int, program: tuple[str, str] = PROGRAM, **fields: Any) -> dict[str, Any]:
-    return {
-        "cursor": encode_cursor(seq),
-        "archive_id": f"HI.20261121.{seq:05d}.00",
-        "version": 1,
-        "mission": program[0],
-        "propid": program[1],
-        "public": False,
-        **fields,
-    }
+def product(seq: int, program: tuple[str, str] = PROGRAM, **fields: Any) -> Product:
+    """A product as the catalog's search answers it (its JSON, read with the catalog's model)."""
+    archived = "2026-11-21T10:00:00+00:00"
+    return Product.model_validate(
+        {
+            "cursor": encode_cursor(seq),
+            "archive_id": f"HI.20261121.{seq:05d}.00",
+            "version": 1,
+            "mission": program[0],
+            "propid": program[1],
+            "public": False,
+            "obset": None,
+            "level": "0",
+            "product": "raw",
+            "intent": "science",
+            "original_filename": f"hires{seq:04d}.fits",
+            "release_date": "2028-05-21",
+            "public_since": None,
+            "released_early": False,
+            "obs_collection": "KECK/HIRES",
+            "obs_id": f"HI.20261121.{seq:05d}",
+            "dataproduct_type": "spectrum",
+            "calib_level": 0,
+            "target_name": "HD 189733",
+            "s_ra": 300.18,
+            "s_dec": 22.71,
+            "t_min": 61365.4,
+            "t_max": 61365.41,
+            "t_exptime": 600.0,
+            "em_min": None,
+            "em_max": None,
+            "instrument_name": "HIRES",
+            "facility_name": "Keck I",
+            "access_format": "application/fits",
+            "access_estsize": 300,
+            "filters": [],
+            "header": {},
+            "observed_at": "2026-11-21T09:40:00+00:00",
+            "night": "2026-11-20",
+            "written_at": archived,
+            "first_archived_at": archived,
+            "archived_at": archived,
+            "sha256": "0" * 64,
+            "size_bytes": 300_000,
+            "software_version": None,
+            "access_url": f"http://catalog/v1/files/HI.20261121.{seq:05d}.00?version=1",
+            **fields,
+        }
+    )
 
 
 def stream(limit: int = 10) -> tuple[Stream, RecordingSocket]:
@@ -132,11 +172,19 @@ def test_file_view_states_and_download_path() -> None:
     assert file_view(product(1, archive_id="a/b"))["download_url"] == "/v1/files/a%2Fb?version=1"
 
 
+def test_a_file_message_carries_the_catalogs_values_as_the_catalog_wrote_them() -> None:
+    view = file_view(product(1))
+    assert view["observed_at"] == "2026-11-21T09:40:00+00:00"  # the page shows it; its text is unchanged
+    assert view["night"] == "2026-11-20"
+    assert view["target_name"] == "HD 189733"
+    assert not {"header", "access_url"} & set(view)  # the protocol's fields only
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
         ("night=2026-13-01", "night must be a date YYYY-MM-DD"),
-        ("cursor=bogus", "is not one Skyport gave out"),
+        ("cursor=bogus", "is not one Skyport gave out"),  # code unknown_cursor
         ("program=KECK", "program must be MISSION/PROPID"),
         ("colour=blue", "unknown parameter 'colour'"),
     ],
@@ -146,6 +194,7 @@ def test_bad_stream_parameters_are_refused_with_a_message(query: str, message: s
         _stream_parameters(make_mocked_request("GET", f"/v1/stream?{query}"))
     assert refused.value.status == 400
     assert message in refused.value.body["error"]
+    assert refused.value.body["code"] in ("bad_parameter", "unknown_cursor")
 
 
 def test_stream_parameters() -> None:
@@ -160,7 +209,7 @@ def test_stream_parameters() -> None:
 class SearchingCatalog:
     """Stands in for the catalog's search: remembers what the backlog asked for, answers with ``products``."""
 
-    def __init__(self, products: list[dict[str, Any]]) -> None:
+    def __init__(self, products: list[Product]) -> None:
         self.products = products
         self.asked: list[list[tuple[str, str]]] = []
 

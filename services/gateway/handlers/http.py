@@ -30,8 +30,10 @@ from services.gateway.streams import (
     send_backlog,
 )
 from services.gateway.tickets import Tickets
+from skyport.api.errors import ErrorCode
+from skyport.api.gateway import Ticket
 from skyport.cursor import BadCursor, decode_cursor
-from skyport.http import ApiError, bearer_token, refuse_nul
+from skyport.http import ApiError, bearer_token, json_errors, refuse_nul
 
 log = structlog.get_logger("skyport.gateway")
 
@@ -70,21 +72,6 @@ _PAGE_POLICY = (
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every refusal as JSON in the catalog's shape: the gateway's own and aiohttp's (say, a body too large)."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        error = exc
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        error = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}", headers=headers)
-    return web.json_response(error.body, status=error.status, headers=error.headers)
-
-
-@web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -117,7 +104,7 @@ class GatewayApi:
         self.public_url = public_url
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[security_headers, json_errors, refuse_nul], client_max_size=1 << 20)
+        app = web.Application(middlewares=[security_headers, json_errors(), refuse_nul], client_max_size=1 << 20)
         app.router.add_get("/", self.page)
         app.router.add_static("/static/", STATIC)
         app.router.add_post("/v1/tickets", self.issue_ticket)
@@ -169,7 +156,8 @@ class GatewayApi:
             ticket = self.tickets.issue(token, user)
         except OverflowError as exc:
             raise ApiError(503, str(exc)) from None
-        return web.json_response({"ticket": ticket, "expires_in": self.tickets.ttl}, status=201)
+        answer = Ticket(ticket=ticket, expires_in=self.tickets.ttl)
+        return web.Response(text=answer.model_dump_json(), status=201, content_type="application/json")
 
     # --- the stream -------------------------------------------------------------------------------------------
 
@@ -179,7 +167,9 @@ class GatewayApi:
         # drops a client that misses a pong without a close frame (1006 at the client).
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 12, compress=False)
         if not ws.can_prepare(request).ok:
-            raise ApiError(400, "this address is a WebSocket: connect with a WebSocket client")
+            raise ApiError(
+                400, "this address is a WebSocket: connect with a WebSocket client", code=ErrorCode.NOT_A_WEBSOCKET
+            )
         night, after, selection = _stream_parameters(request)
         if self.feed.position is None:
             raise ApiError(503, "the gateway is still connecting to the catalog; try again in a moment")
@@ -354,7 +344,7 @@ def _stream_parameters(request: web.Request) -> tuple[date | None, str | None, f
         try:
             decode_cursor(after)
         except BadCursor as exc:
-            raise ApiError(400, str(exc), parameter="cursor") from None
+            raise ApiError(400, str(exc), code=ErrorCode.UNKNOWN_CURSOR, parameter="cursor") from None
     selection: set[Program] = set()
     for text in query.getall("program", []):
         match = _PROGRAM.match(text)
