@@ -103,7 +103,12 @@ class ShutdownProgress:
         while True:
             await asyncio.sleep(every)
             if self._steps:
-                log.warning("still stopping", waiting_for=self.waiting_for(), seconds=round(time.monotonic() - started))
+                log.warning(
+                    "still stopping",
+                    waiting_for=self.waiting_for(),
+                    cancelled_but_running=_ignoring_cancellation(),
+                    seconds=round(time.monotonic() - started),
+                )
 
 
 _ASYNCIO = str(Path(asyncio.__file__).parent)
@@ -123,6 +128,15 @@ def _where(task: asyncio.Task[Any] | None) -> str:
     if frame is None:
         return ""
     return f"waits in {frame.f_code.co_name} at {Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+
+
+def _ignoring_cancellation() -> list[str]:
+    """Tasks told to stop (cancelled) that still run, and where: what a stop waiting on them waits for."""
+    return [
+        f"{task.get_name()} ({_where(task) or 'running'})"
+        for task in asyncio.all_tasks()
+        if task.cancelling() and not task.done()
+    ]
 
 
 @dataclass(frozen=True)
