@@ -1,4 +1,4 @@
-"""The catalog API's answers (``services/catalog/openapi.yaml``): what the catalog sends and its clients read.
+"""The catalog API's answers (as its OpenAPI document shows them): what the catalog sends and its clients read.
 
 Only the fields named here are ever sent, whatever the catalog's tables hold, so that a new column changes the
 public API only when a field is added here (and to the document, which a test compares with these models).

@@ -1,4 +1,4 @@
-"""The gateway API's own answers (``services/gateway/openapi.yaml``); the routes it forwards answer the catalog's."""
+"""The gateway API's own answers (as its OpenAPI document shows them); the routes it forwards answer the catalog's."""
 
 from __future__ import annotations
 
