@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -248,14 +249,14 @@ async def test_the_table_filters_searches_and_sorts(
     # there either), but the page says so, and takes the observer to its night.
     late = (await write(hires, "HIRES", "raw", 100_000)).archive_id
     assert late is not None
-    other = page.get_by_test_id("other-night")
+    note = page.get_by_test_id("other-night")
     said = f"1 new file of the night of {tonight.isoformat()} is not shown"
-    await expect(other).to_contain_text(said, timeout=60_000)
+    await expect(note).to_contain_text(said, timeout=60_000)
     assert await shown_ids(page) == []
-    await other.get_by_role("button", name="Show that night").click()
+    await note.get_by_role("button", name="Show that night").click()
     await expect(night).to_have_value(tonight.isoformat())
     await expect_rows(page, [*ids, late])
-    await expect(other).to_be_hidden()
+    await expect(note).to_be_hidden()
     ids.append(late)
 
     # On a phone the rows become cards: nothing to scroll sideways, every download button in view.
@@ -395,6 +396,10 @@ async def test_a_pi_grants_and_removes_a_collaborator(archive: Flow, observers: 
     await expect(bob_tab.page.get_by_test_id("program-list")).to_have_text(f"KECK/{propid} (collaborator)")
     await bob_tab.page.get_by_role("button", name="Members").click()
     await expect(bob_tab.page.get_by_test_id("member-rows").locator("tr")).to_have_count(2)
+    # Each view has its own address: a reload (or a link) comes back to it.
+    await expect(bob_tab.page).to_have_url(re.compile(r"/#/members$"))
+    await bob_tab.page.reload()
+    await expect(bob_tab.page.get_by_test_id("member-rows").locator("tr")).to_have_count(2, timeout=15_000)
     await expect(bob_tab.page.get_by_test_id("grant-form")).to_be_hidden()
     await expect(bob_tab.page.get_by_test_id("members-readonly")).to_be_visible()
     await expect(bob_tab.page.get_by_test_id("remove-member")).to_have_count(0)
