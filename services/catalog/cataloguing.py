@@ -75,7 +75,7 @@ class InvalidProduct(ValueError):
     """A file.archived event the catalog cannot record as it stands; the reason says what to fix."""
 
 
-class Outcome(StrEnum):
+class CatalogueOutcome(StrEnum):
     NEW = "new"
     REPRO = "repro"
     LATE_VERSION = "late_version"
@@ -88,7 +88,7 @@ class Outcome(StrEnum):
 class Catalogued:
     """What cataloguing one file did, and the events it put in the outbox."""
 
-    outcome: Outcome
+    outcome: CatalogueOutcome
     archive_id: str
     version: int
     events: tuple[CloudEvent[Any], ...] = ()
@@ -124,7 +124,7 @@ def describe(
 ) -> ProductDescription:
     """The catalog's columns for an archived file; :class:`InvalidProduct` if its metadata make no sense.
 
-    The release date here is the file's own (None if it has none); :func:`release_date_for` decides. The night is
+    The release date here is the file's own (None if it has none); :func:`effective_release_date` decides. The night is
     that of the observation at the mission's site (``nights``; the default rule for a mission it does not know).
     """
     meta = archived.metadata  # typed and checked when the event was parsed (HeaderMetadata)
@@ -197,7 +197,7 @@ def _calib_level(sent: int | None, mission: str, level: str, overrides: Mapping[
     return sent
 
 
-def release_date_for(product: ProductDescription, program: Program) -> date:
+def effective_release_date(product: ProductDescription, program: Program) -> date:
     """The program's own exclusive-access period when an administrator set one, else the file's release date.
 
     :class:`InvalidProduct` when there is neither: data are never catalogued without knowing when they go public.
@@ -284,7 +284,9 @@ class Cataloguer:
         products = ProductStore(conn)
         await products.lock_archive_ids({step.described.archive_id for step in steps})
         _decide(steps, await products.known_versions({(s.described.archive_id, s.described.version) for s in steps}))
-        recorded = [step for step in steps if step.outcome not in (Outcome.DUPLICATE, Outcome.SUPERSEDED)]
+        recorded = [
+            step for step in steps if step.outcome not in (CatalogueOutcome.DUPLICATE, CatalogueOutcome.SUPERSEDED)
+        ]
         if recorded:
             await self._record(conn, recorded)
         results = [self._done(step) for step in steps]
@@ -295,7 +297,7 @@ class Cataloguer:
         log.info("files catalogued", files=len(results), **outcomes, dataset_events=sum(len(r.events) for r in results))
         if log.is_enabled_for(logging.DEBUG):
             for step in steps:
-                if step.outcome in (Outcome.NEW, Outcome.REPRO):
+                if step.outcome in (CatalogueOutcome.NEW, CatalogueOutcome.REPRO):
                     self._log(step, log.debug)
         return results
 
@@ -305,23 +307,25 @@ class Cataloguer:
         known_programs = await programs.ensure({step.program for step in steps})
         for step in steps:
             step.described = _with_release_date(
-                step.described, release_date_for(step.described, known_programs[step.program])
+                step.described, effective_release_date(step.described, known_programs[step.program])
             )
         # A program known to have data needs no claim (the usual case: one round trip fewer).
         unclaimed = {
             step.program
             for step in steps
-            if step.outcome is Outcome.NEW and known_programs[step.program].first_data_at is None
+            if step.outcome is CatalogueOutcome.NEW and known_programs[step.program].first_data_at is None
         }
         firsts = await programs.claim_first_data(unclaimed) if unclaimed else set()
-        await products.add_versions([(s.described, s.supersedes) for s in steps if s.outcome is not Outcome.REPLACED])
+        await products.add_versions(
+            [(s.described, s.supersedes) for s in steps if s.outcome is not CatalogueOutcome.REPLACED]
+        )
         # After the insertions: a partial file and its replacement can come in one batch. The last content wins.
         await products.replace_versions(
             list(
                 {
                     (s.described.archive_id, s.described.version): s.described
                     for s in steps
-                    if s.outcome is Outcome.REPLACED
+                    if s.outcome is CatalogueOutcome.REPLACED
                 }.values()
             )
         )
@@ -331,14 +335,14 @@ class Cataloguer:
         newer: dict[str, ProductDescription] = {}
         for step in steps:
             described = step.described
-            assert described.release_date is not None  # set by release_date_for
-            if step.outcome is Outcome.NEW:
+            assert described.release_date is not None  # set by effective_release_date
+            if step.outcome is CatalogueOutcome.NEW:
                 step.public = described.release_date <= today
                 step.first = step.program in firsts
                 firsts.discard(step.program)  # one dataset.first per program, with its first file
                 step.events = self._new_product_events(step)
                 new[described.archive_id] = NewProduct(described, step.public, described.archived_at)
-            elif step.outcome is Outcome.REPRO:
+            elif step.outcome is CatalogueOutcome.REPRO:
                 step.events = (self._repro_event(step),)
                 inserted = new.get(described.archive_id)
                 if inserted is None:
@@ -346,7 +350,7 @@ class Cataloguer:
                 else:  # its first version came in this batch: one products row, describing the newest version
                     release_date = inserted.current.release_date if inserted.public else described.release_date
                     new[described.archive_id] = replace(inserted, current=replace(described, release_date=release_date))
-            elif step.outcome is Outcome.REPLACED:
+            elif step.outcome is CatalogueOutcome.REPLACED:
                 step.events = self._new_product_events(step)  # not first, not public: what it was already
                 inserted = new.get(described.archive_id)
                 if inserted is not None and inserted.current.version == described.version:
@@ -399,7 +403,12 @@ class Cataloguer:
         )
 
     def _done(self, step: _Step) -> Catalogued:
-        if step.outcome in (Outcome.LATE_VERSION, Outcome.DUPLICATE, Outcome.REPLACED, Outcome.SUPERSEDED):
+        if step.outcome in (
+            CatalogueOutcome.LATE_VERSION,
+            CatalogueOutcome.DUPLICATE,
+            CatalogueOutcome.REPLACED,
+            CatalogueOutcome.SUPERSEDED,
+        ):
             self._log(step, log.info)
         result = Catalogued(step.outcome, step.described.archive_id, step.described.version, step.events)
         if self.metrics is not None:
@@ -407,7 +416,7 @@ class Cataloguer:
             for event in result.events:
                 self.metrics.dataset_events.labels(event.data.type).inc()
             written_at = step.archived.written_at
-            if written_at is not None and result.outcome in (Outcome.NEW, Outcome.REPRO):
+            if written_at is not None and result.outcome in (CatalogueOutcome.NEW, CatalogueOutcome.REPRO):
                 self.metrics.end_to_end.observe((datetime.now(UTC) - written_at).total_seconds())
         return result
 
@@ -417,7 +426,7 @@ class Cataloguer:
         fields: dict[str, Any] = {"archive_id": described.archive_id, "version": described.version}
         if step.correlation_id is not None:
             fields["correlation_id"] = step.correlation_id
-        if step.outcome is Outcome.NEW:
+        if step.outcome is CatalogueOutcome.NEW:
             method(
                 "product catalogued",
                 **fields,
@@ -426,13 +435,13 @@ class Cataloguer:
                 first=step.first,
                 public=step.public,
             )
-        elif step.outcome is Outcome.REPRO:
+        elif step.outcome is CatalogueOutcome.REPRO:
             method("new version catalogued", **fields, supersedes=step.supersedes)
-        elif step.outcome is Outcome.LATE_VERSION:
+        elif step.outcome is CatalogueOutcome.LATE_VERSION:
             method("older version catalogued after a newer one", **fields, current_version=step.current_version)
-        elif step.outcome is Outcome.REPLACED:
+        elif step.outcome is CatalogueOutcome.REPLACED:
             method("partial file replaced by the complete one", **fields, sha256=described.sha256)
-        elif step.outcome is Outcome.SUPERSEDED:
+        elif step.outcome is CatalogueOutcome.SUPERSEDED:
             method("replacement older than the content catalogued, ignored", **fields, sha256=described.sha256)
         else:
             method("version already catalogued", **fields)
@@ -445,7 +454,7 @@ class _Step:
     described: ProductDescription
     archived: FileArchived
     correlation_id: str | None
-    outcome: Outcome = Outcome.NEW
+    outcome: CatalogueOutcome = CatalogueOutcome.NEW
     supersedes: int | None = None
     """For a repro: the version it supersedes."""
     current_version: int | None = None
@@ -474,10 +483,10 @@ def _decide(steps: Sequence[_Step], known: KnownVersions) -> None:
         catalogued = checksums.get(key)
         if catalogued is not None and catalogued != described.sha256 and step.archived.replaces is not None:
             if described.archived_at <= stamps[key]:
-                step.outcome = Outcome.SUPERSEDED
+                step.outcome = CatalogueOutcome.SUPERSEDED
                 continue
             checksums[key], stamps[key] = described.sha256, described.archived_at
-            step.outcome, step.current_version = Outcome.REPLACED, current.get(described.archive_id)
+            step.outcome, step.current_version = CatalogueOutcome.REPLACED, current.get(described.archive_id)
             continue
         if catalogued is not None:
             if catalogued != described.sha256:
@@ -485,16 +494,16 @@ def _decide(steps: Sequence[_Step], known: KnownVersions) -> None:
                     f"{described.archive_id} version {described.version} is catalogued with sha256 "
                     f"{catalogued}, this event says {described.sha256}"
                 )
-            step.outcome = Outcome.DUPLICATE
+            step.outcome = CatalogueOutcome.DUPLICATE
             continue
         checksums[key], stamps[key] = described.sha256, described.archived_at
         version = current.get(described.archive_id)
         if version is None:
-            step.outcome = Outcome.NEW
+            step.outcome = CatalogueOutcome.NEW
         elif described.version > version:
-            step.outcome, step.supersedes = Outcome.REPRO, version
+            step.outcome, step.supersedes = CatalogueOutcome.REPRO, version
         else:
-            step.outcome, step.current_version = Outcome.LATE_VERSION, version
+            step.outcome, step.current_version = CatalogueOutcome.LATE_VERSION, version
             continue
         current[described.archive_id] = described.version
 

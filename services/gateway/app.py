@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
-from services.gateway.catalog import CatalogClient
+from services.gateway.catalog_client import CatalogClient
 from services.gateway.handlers.events import on_event
 from services.gateway.handlers.http import GatewayApi
 from services.gateway.settings import GatewaySettings

@@ -33,7 +33,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.gateway.catalog import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
+from services.gateway.catalog_client import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
 from skyport.api.catalog import Product
 from skyport.cursor import decode_cursor, encode_cursor
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.gateway.catalog import User
+from services.gateway.catalog_client import User
 
 TICKET_PREFIX = "tk_"
 

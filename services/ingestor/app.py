@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from services.ingestor.archive import ArchiveStorage
+from services.ingestor.archive import ArchiveFiles
 from services.ingestor.ingest import Ingestor
 from services.ingestor.settings import IngestorSettings
 from skyport.bus import Subscription
@@ -26,7 +26,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     assert isinstance(settings, IngestorSettings)
     instruments = await asyncio.to_thread(load_instruments, settings.instruments_dir)
     await asyncio.to_thread(settings.storage_dir.mkdir, parents=True, exist_ok=True)
-    ingestor = Ingestor(settings.staging_dir, ArchiveStorage(settings.storage_dir), instruments)
+    ingestor = Ingestor(settings.staging_dir, ArchiveFiles(settings.storage_dir), instruments)
     ctx.start_outbox_relay()
     await ctx.subscribe(
         Subscription(

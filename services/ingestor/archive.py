@@ -23,7 +23,7 @@ def safe_relative(path: str) -> PurePosixPath:
     return PurePosixPath(check_relative_path(path))
 
 
-class ArchiveStorage:
+class ArchiveFiles:
     """``<root>/<mission>/<instrument>/<UT date>/<archive ID>/v<version>/<file name>``."""
 
     def __init__(self, root: Path) -> None:

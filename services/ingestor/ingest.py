@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from services.ingestor.archive import ArchiveStorage, safe_relative
-from services.ingestor.storage import ArchivedVersion, ArchiveStore
+from services.ingestor.archive import ArchiveFiles, safe_relative
+from services.ingestor.storage import ArchivedVersion, VersionStore
 from skyport.db import enqueue
 from skyport.events import (
     CloudEvent,
@@ -39,7 +39,7 @@ class IngestRejected(Exception):
 @dataclass
 class Ingestor:
     staging_root: Path
-    storage: ArchiveStorage
+    storage: ArchiveFiles
     instruments: InstrumentCatalog
 
     async def handle(self, conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
@@ -60,7 +60,7 @@ class Ingestor:
             await asyncio.to_thread(self._set_aside, received)
 
     async def _ingest(self, conn: asyncpg.Connection, received: TransferReceived, correlation_id: str | None) -> None:
-        store = ArchiveStore(conn)
+        store = VersionStore(conn)
         await store.lock(received.archive_id)
         versions = await store.versions(received.archive_id)
         same_content = next((v for v in versions if v.sha256 == received.sha256), None)

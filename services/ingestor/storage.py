@@ -18,7 +18,7 @@ class ArchivedVersion:
     archived_at: datetime
 
 
-class ArchiveStore:
+class VersionStore:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from services.catalog.app import service as catalog_service
-from services.catalog.cataloguing import Cataloguer, InvalidProduct, Outcome
+from services.catalog.cataloguing import CatalogueOutcome, Cataloguer, InvalidProduct
 from services.catalog.releases import release_due
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import angular_distance, cone
@@ -245,7 +245,7 @@ async def test_a_batch_holding_versions_1_and_2_of_an_archive_id_gives_new_then_
     async with db.transaction() as conn:
         results = await Cataloguer(PUBLIC_URL).catalogue_batch(conn, [(v2, "c2"), (v1, "c1")])
 
-    assert [(r.outcome, r.version) for r in results] == [(Outcome.NEW, 1), (Outcome.REPRO, 2)]
+    assert [(r.outcome, r.version) for r in results] == [(CatalogueOutcome.NEW, 1), (CatalogueOutcome.REPRO, 2)]
     assert [e.type for e in results[0].events] == ["dataset.first", "dataset.new"]
     (repro,) = results[1].events
     assert (repro.type, repro.data.repro.supersedes_version, repro.correlationid) == ("dataset.repro", 1, "c2")
@@ -294,7 +294,12 @@ async def test_a_batch_gives_the_catalog_and_events_the_files_give_one_by_one(
         await catalogue_directly(one_by_one, *in_order, cataloguer=cataloguer)
 
         assert Counter(r.outcome for r in results) == Counter(
-            {Outcome.NEW: 4, Outcome.REPRO: 3, Outcome.LATE_VERSION: 1, Outcome.DUPLICATE: 2}
+            {
+                CatalogueOutcome.NEW: 4,
+                CatalogueOutcome.REPRO: 3,
+                CatalogueOutcome.LATE_VERSION: 1,
+                CatalogueOutcome.DUPLICATE: 2,
+            }
         )
         assert await _catalog_state(db) == await _catalog_state(one_by_one)
     products, _, events = await _catalog_state(db)
@@ -331,7 +336,7 @@ async def test_a_complete_file_replacing_a_partial_one_updates_its_version_in_pl
             async with db.transaction() as conn:
                 results.append(await cataloguer.catalogue(conn, data, correlation_id))
 
-    assert [(r.outcome, r.version) for r in results] == [(Outcome.NEW, 1), (Outcome.REPLACED, 1)]
+    assert [(r.outcome, r.version) for r in results] == [(CatalogueOutcome.NEW, 1), (CatalogueOutcome.REPLACED, 1)]
     (announced,) = results[1].events  # the same version again, with the complete file's checksum and size
     assert (announced.type, announced.correlationid) == ("dataset.new", "c2")
     assert [(f.version, f.sha256, f.size_bytes) for f in announced.data.files] == [(1, complete.sha256, 3_000_000)]
@@ -348,7 +353,7 @@ async def test_a_complete_file_replacing_a_partial_one_updates_its_version_in_pl
     # The complete file's event again is a duplicate; an older replacement arriving last changes nothing; the
     # partial file's, late, is refused (a dead letter to look at).
     older = complete.model_copy(update={"sha256": sha256_of("older"), "archived_at": partial.archived_at})
-    for again, outcome in ((complete, Outcome.DUPLICATE), (older, Outcome.SUPERSEDED)):
+    for again, outcome in ((complete, CatalogueOutcome.DUPLICATE), (older, CatalogueOutcome.SUPERSEDED)):
         async with db.transaction() as conn:
             assert (await cataloguer.catalogue(conn, again)).outcome is outcome
     assert await db.pool.fetchval("SELECT sha256 FROM product_versions WHERE archive_id = $1", partial.archive_id) == (

@@ -13,7 +13,7 @@ import pytest
 from astropy.io import fits
 
 from services.ingestor.app import service as ingestor_service
-from services.ingestor.archive import ArchiveStorage
+from services.ingestor.archive import ArchiveFiles
 from services.ingestor.ingest import Ingestor
 from services.monitor.dep import evaluate
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
@@ -49,7 +49,7 @@ class Site:
     def __init__(self, tmp_path: Path, instruments: InstrumentCatalog, db: Database) -> None:
         self.root, self.staging = tmp_path / "observatory", tmp_path / "staging"
         self.instruments, self.db = instruments, db
-        self.storage = ArchiveStorage(tmp_path / "archive")
+        self.storage = ArchiveFiles(tmp_path / "archive")
         self.ingestor = Ingestor(self.staging, self.storage, instruments)
 
     def manifest(self, relative: str, replaces: Sequence[Manifest] = ()) -> tuple[Manifest, bytes]:

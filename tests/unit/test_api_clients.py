@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from services.gateway.catalog import CatalogClient, CatalogRefused, CatalogUnavailable
+from services.gateway.catalog_client import CatalogClient, CatalogRefused, CatalogUnavailable
 from services.monitor.client import ArchiveClient, ContentMismatch, UploadRejected
 from skyport.api.errors import ErrorCode
 from tests.unit.test_gateway import product

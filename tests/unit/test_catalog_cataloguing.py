@@ -10,7 +10,7 @@ import pytest
 
 from services.catalog.access import ANONYMOUS, Viewer, visible_condition
 from services.catalog.app import file_archived_subscription
-from services.catalog.cataloguing import Cataloguer, InvalidProduct, calib_level_of, describe, release_date_for
+from services.catalog.cataloguing import Cataloguer, InvalidProduct, calib_level_of, describe, effective_release_date
 from services.catalog.dataset_events import public_events
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import healpix_index
@@ -77,12 +77,12 @@ def test_a_program_that_cannot_be_a_routing_key_word_is_refused() -> None:
 
 def test_the_release_date_is_the_file_s_unless_the_program_has_its_own_period() -> None:
     product = describe(archived("HI.x.1", propid="P", release_date=date(2027, 9, 15)))
-    assert release_date_for(product, program()) == date(2027, 9, 15)
-    assert release_date_for(product, program(months=6)) == date(2026, 9, 15)  # observed 2026-03-15
+    assert effective_release_date(product, program()) == date(2027, 9, 15)
+    assert effective_release_date(product, program(months=6)) == date(2026, 9, 15)  # observed 2026-03-15
     undated = describe(archived("HI.x.1", propid="P", release_date=None))
-    assert release_date_for(undated, program(months=0)) == date(2026, 3, 15)
+    assert effective_release_date(undated, program(months=0)) == date(2026, 3, 15)
     with pytest.raises(InvalidProduct, match="no release_date"):
-        release_date_for(undated, program())
+        effective_release_date(undated, program())
 
 
 def test_calib_levels_follow_the_mission_s_levels_unless_configured() -> None:

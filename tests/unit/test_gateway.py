@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from services.gateway.catalog import Membership, Page, User
+from services.gateway.catalog_client import Membership, Page, User
 from services.gateway.handlers.http import GatewayApi, _stream_parameters
 from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view, send_backlog
 from services.gateway.tickets import Tickets

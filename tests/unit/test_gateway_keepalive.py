@@ -11,7 +11,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from services.gateway.catalog import Page, User
+from services.gateway.catalog_client import Page, User
 from services.gateway.handlers.http import GatewayApi
 from services.gateway.streams import CLOSE_TOO_SLOW, CatalogFeed, GatewayMetrics, Hub
 from services.gateway.tickets import Tickets

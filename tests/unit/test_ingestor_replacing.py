@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ingestor.archive import ArchiveStorage, StorageError
+from services.ingestor.archive import ArchiveFiles, StorageError
 from services.ingestor.ingest import version_replaced
 from services.ingestor.storage import ArchivedVersion
 from skyport.events import ReplacedContent
@@ -54,7 +54,7 @@ def test_otherwise_the_complete_file_is_a_version_of_its_own(
 
 
 def test_the_complete_file_takes_the_partial_file_s_place_in_storage(tmp_path: Path) -> None:
-    storage = ArchiveStorage(tmp_path / "archive")
+    storage = ArchiveFiles(tmp_path / "archive")
     relative = "keck/hires/2026-03-15/HI.1/v1/hires0001.fits"
     (tmp_path / "partial.fits").write_bytes(b"half")
     storage.move_in(tmp_path / "partial.fits", relative, 4, hashlib.sha256(b"half").hexdigest())

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 
-from services.gateway.catalog import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
+from services.gateway.catalog_client import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
 from services.gateway.streams import (
     CLOSE_TOO_SLOW,
     PROTOCOL_VERSION,

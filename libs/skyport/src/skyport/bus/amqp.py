@@ -42,7 +42,7 @@ from skyport.bus.base import (
     REASON_HEADER,
     Bus,
     DeadLetter,
-    Outcome,
+    DeliveryOutcome,
     OutgoingMessage,
     PublishError,
     PublishTimeout,
@@ -333,7 +333,7 @@ class AmqpBus(Bus):
                 _left_unacknowledged(consumer, exc)
 
     async def _settle(
-        self, consumer: _Consumer, message: AbstractIncomingMessage, attempt: int, outcome: Outcome
+        self, consumer: _Consumer, message: AbstractIncomingMessage, attempt: int, outcome: DeliveryOutcome
     ) -> None:
         """Ack the message, after sending it to the retry queue or the dead letters when its outcome says so."""
         try:
@@ -343,7 +343,7 @@ class AmqpBus(Bus):
             _left_unacknowledged(consumer, exc)
 
     async def _forward(
-        self, consumer: _Consumer, message: AbstractIncomingMessage, attempt: int, outcome: Outcome
+        self, consumer: _Consumer, message: AbstractIncomingMessage, attempt: int, outcome: DeliveryOutcome
     ) -> None:
         """Send a copy of the message to the retry queue or to the dead letters when its outcome says so."""
         if outcome.verdict is Verdict.RETRY:

@@ -172,14 +172,16 @@ class Verdict(Enum):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeliveryOutcome:
     verdict: Verdict
     reason: str = ""
     delay: float = 0.0
     event_type: str | None = None
 
 
-async def handle_delivery(subscription: Subscription, body: bytes, attempt: int, metrics: BusMetrics | None) -> Outcome:
+async def handle_delivery(
+    subscription: Subscription, body: bytes, attempt: int, metrics: BusMetrics | None
+) -> DeliveryOutcome:
     """Parse, run the handler, and decide what becomes of the message; never raises but on cancellation."""
     try:
         event = decode_event(body, subscription.models)
@@ -188,8 +190,8 @@ async def handle_delivery(subscription: Subscription, body: bytes, attempt: int,
     return await handle_event(subscription, event, attempt, metrics)
 
 
-def _invalid(subscription: Subscription, exc: InvalidEvent, metrics: BusMetrics | None) -> Outcome:
-    outcome = Outcome(Verdict.DEAD, str(exc))
+def _invalid(subscription: Subscription, exc: InvalidEvent, metrics: BusMetrics | None) -> DeliveryOutcome:
+    outcome = DeliveryOutcome(Verdict.DEAD, str(exc))
     _count(metrics, subscription, outcome)
     log.warning("message dead-lettered", queue=subscription.queue, reason=outcome.reason)
     return outcome
@@ -197,7 +199,7 @@ def _invalid(subscription: Subscription, exc: InvalidEvent, metrics: BusMetrics 
 
 async def handle_event(
     subscription: Subscription, event: CloudEvent[Any], attempt: int, metrics: BusMetrics | None
-) -> Outcome:
+) -> DeliveryOutcome:
     """Run the subscription's handler on one parsed event and decide what becomes of its message."""
     # Both buses run each delivery in a task of its own, with its own copy of the context: binding without
     # unbinding cannot leak into another message's logs (and is cheaper than a context manager per message).
@@ -207,17 +209,17 @@ async def handle_event(
     try:
         await subscription.handler(event)
     except PermanentError as exc:
-        outcome = Outcome(Verdict.DEAD, f"rejected by handler: {exc}", event_type=event.type)
+        outcome = DeliveryOutcome(Verdict.DEAD, f"rejected by handler: {exc}", event_type=event.type)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if attempt >= subscription.retry.max_attempts:
-            outcome = Outcome(Verdict.DEAD, f"failed {attempt} times, last: {reason}", event_type=event.type)
+            outcome = DeliveryOutcome(Verdict.DEAD, f"failed {attempt} times, last: {reason}", event_type=event.type)
         else:
             delay = subscription.retry.delay(attempt)
-            outcome = Outcome(Verdict.RETRY, reason, delay, event.type)
+            outcome = DeliveryOutcome(Verdict.RETRY, reason, delay, event.type)
             log.warning("handler failed, will retry", attempt=attempt, delay=round(delay, 3), error=reason)
     else:
-        outcome = Outcome(Verdict.ACK, event_type=event.type)
+        outcome = DeliveryOutcome(Verdict.ACK, event_type=event.type)
     finally:
         if metrics is not None:
             metrics.handler_duration.labels(subscription.service, subscription.queue, event.type).observe(
@@ -231,7 +233,7 @@ async def handle_event(
 
 async def handle_batch(
     subscription: Subscription, deliveries: Sequence[tuple[bytes, int]], metrics: BusMetrics | None
-) -> list[Outcome]:
+) -> list[DeliveryOutcome]:
     """What becomes of each of a batch's messages (``(body, attempt)`` pairs), in their order.
 
     Invalid messages are dead-lettered at once; the others go to the batch handler together, and if it
@@ -239,7 +241,7 @@ async def handle_batch(
     """
     batching = subscription.batching
     assert batching is not None, "handle_batch needs a subscription with batching"
-    outcomes: dict[int, Outcome] = {}
+    outcomes: dict[int, DeliveryOutcome] = {}
     parsed: list[tuple[int, CloudEvent[Any]]] = []
     for index, (body, _) in enumerate(deliveries):
         try:
@@ -263,7 +265,7 @@ async def handle_batch(
         else:
             _observe_batch(metrics, subscription, len(parsed), time.perf_counter() - started, failed=False)
             for index, event in parsed:
-                outcomes[index] = outcome = Outcome(Verdict.ACK, event_type=event.type)
+                outcomes[index] = outcome = DeliveryOutcome(Verdict.ACK, event_type=event.type)
                 _count(metrics, subscription, outcome)
     return [outcomes[index] for index in range(len(deliveries))]
 
@@ -296,7 +298,7 @@ async def take_batch(batch: list[T], get: Callable[[], Awaitable[T]], size: int,
                 batch.append(await get())
 
 
-def _count(metrics: BusMetrics | None, subscription: Subscription, outcome: Outcome) -> None:
+def _count(metrics: BusMetrics | None, subscription: Subscription, outcome: DeliveryOutcome) -> None:
     if metrics is None:
         return
     labels = (subscription.service, subscription.queue, outcome.event_type or "unknown")

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from skyport.bus.base import (
     Bus,
     DeadLetter,
-    Outcome,
+    DeliveryOutcome,
     OutgoingMessage,
     Subscription,
     Unroutable,
@@ -250,7 +250,7 @@ class MemoryBus(Bus):
         for message, outcome in zip(batch, outcomes, strict=True):
             self._settle(consumer, message, outcome)
 
-    def _settle(self, consumer: _Consumer, message: _Message, outcome: Outcome) -> None:
+    def _settle(self, consumer: _Consumer, message: _Message, outcome: DeliveryOutcome) -> None:
         """Ack, schedule a retry, or dead-letter, as the broker does with what the AMQP bus tells it."""
         if outcome.verdict is Verdict.RETRY:
             self.broker.delay(consumer.queue, replace(message, attempt=message.attempt + 1), outcome.delay)

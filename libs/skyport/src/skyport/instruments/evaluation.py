@@ -180,7 +180,7 @@ def koaid(prefix: str, observed_at: datetime) -> str:
     return f"{prefix}.{when:%Y%m%d}.{seconds:05d}.{fraction:02d}"
 
 
-def release_date_for(instrument: Instrument, observed_at: datetime) -> date:
+def instrument_release_date(instrument: Instrument, observed_at: datetime) -> date:
     if instrument.release is None:
         raise ValueError(
             f"{instrument.mission} {instrument.name} has no release rule: load it with load_instruments, "
@@ -215,7 +215,7 @@ def evaluate(instrument: Instrument, header: Mapping[str, Any], filename: str, p
 
     if problems or observed_at is None or propid is None or archive_id is None:
         raise InvalidFile("; ".join(problems) or "the header does not give an archive ID")
-    release_date = release_date_for(instrument, observed_at)
+    release_date = instrument_release_date(instrument, observed_at)
     metadata = _metadata(instrument, product, header, values, observed_at, release_date)
     return Evaluation(
         archive_id=archive_id,
