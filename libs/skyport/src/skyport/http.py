@@ -116,12 +116,10 @@ def check_no_nul(parameter: str, value: str, *, status: int = 400) -> None:
     caller's.
     """
     if "\x00" in value:
-        raise ApiError(
-            status,
-            f"{parameter[:100]!r} must not contain a NUL character (\\x00)",
-            code=ErrorCode.NUL_CHARACTER,
-            parameter=parameter,
-        )
+        message = f"{parameter[:100]!r} must not contain a NUL character (\\x00)"
+        # `errors` as a body's validation gives it, so a client reads every refusal of a body the same way.
+        errors = [{"field": parameter, "message": message}]
+        raise ApiError(status, message, code=ErrorCode.NUL_CHARACTER, parameter=parameter, errors=errors)
 
 
 @web.middleware
