@@ -50,9 +50,8 @@ def file_archived_subscription(
 
 
 @asynccontextmanager
-async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+async def lifespan(ctx: ServiceContext[CatalogSettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    assert isinstance(settings, CatalogSettings)
     # The instrument configuration says each mission's observing night; nothing else of it is the catalog's.
     nights = load_instruments(settings.instruments_dir).nights()
     cataloguer = Cataloguer(

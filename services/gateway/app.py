@@ -25,9 +25,8 @@ BINDINGS = ("dataset.#", "access.changed.#")
 
 
 @asynccontextmanager
-async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+async def lifespan(ctx: ServiceContext[GatewaySettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    assert isinstance(settings, GatewaySettings)
     if settings.gateway_catalog_token is None:
         raise RuntimeError(
             "SKYPORT_GATEWAY_CATALOG_TOKEN is not set: the gateway needs an administrator's catalog token "

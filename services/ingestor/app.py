@@ -21,9 +21,8 @@ QUEUE = INGESTOR_TRANSFER_RECEIVED.name
 
 
 @asynccontextmanager
-async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+async def lifespan(ctx: ServiceContext[IngestorSettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    assert isinstance(settings, IngestorSettings)
     instruments = await asyncio.to_thread(load_instruments, settings.instruments_dir)
     await asyncio.to_thread(settings.storage_dir.mkdir, parents=True, exist_ok=True)
     ingestor = Ingestor(settings.staging_dir, ArchiveFiles(settings.storage_dir), instruments)

@@ -17,9 +17,8 @@ from skyport.runtime import ServiceContext, ServiceSpec
 
 
 @asynccontextmanager
-async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+async def lifespan(ctx: ServiceContext[MonitorSettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    assert isinstance(settings, MonitorSettings)
     if not settings.site_token.get_secret_value():
         ctx.log.warning("no site credential (SKYPORT_SITE_TOKEN): the archive will refuse uploads")
     instruments = await asyncio.to_thread(load_instruments, settings.instruments_dir)

@@ -20,9 +20,8 @@ RESULTS_QUEUE = RECEIVER_INGEST_RESULTS.name
 
 
 @asynccontextmanager
-async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+async def lifespan(ctx: ServiceContext[ReceiverSettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    assert isinstance(settings, ReceiverSettings)
     api = TransferApi(ctx.database, settings, ReceiverMetrics(ctx.metrics.registry))
     await asyncio.to_thread(api.staging.prepare)
     ctx.start_outbox_relay()

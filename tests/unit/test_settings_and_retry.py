@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from skyport.bus import RetryPolicy, create_bus
-from skyport.settings import CommonSettings
+from skyport.cli import main
+from skyport.settings import CommonSettings, SettingsError, load_settings
 
 
 def test_settings_read_the_skyport_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,6 +23,31 @@ def test_a_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SKYPORT_LOG_FORMAT", "xml")
     with pytest.raises(ValidationError, match="log_format"):
         CommonSettings()
+
+
+class _NeedsASite(CommonSettings):
+    site_name: str = Field(description="required: no default")
+
+
+def test_a_missing_or_wrong_setting_names_its_variable_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKYPORT_SHUTDOWN_TIMEOUT", "soon")
+    monkeypatch.delenv("SKYPORT_SITE_NAME", raising=False)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_NeedsASite)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "SKYPORT_SITE_NAME: Field required" in message
+    assert "SKYPORT_SHUTDOWN_TIMEOUT: " in message
+
+
+def test_the_command_line_says_a_wrong_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKYPORT_LOG_LEVEL", "LOUD")
+    assert main(["dlq", "list"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("skyport: CommonSettings: SKYPORT_LOG_LEVEL: ")
+    assert "\n" not in err
 
 
 def test_every_setting_is_described() -> None:

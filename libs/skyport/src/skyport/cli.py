@@ -18,7 +18,7 @@ from skyport.db.migrations import MigrationChanged, SchemaBehind
 from skyport.errors import Unreachable
 from skyport.logging import configure_logging
 from skyport.runtime import ServiceSpec, migrate, run_services
-from skyport.settings import CommonSettings
+from skyport.settings import CommonSettings, SettingsError, load_settings
 
 # Services register themselves, so that this library names none: an entry point in this group is a service's
 # name and its ServiceSpec (``catalog = "mypackage.catalog.app:service"``), read from the installed packages.
@@ -46,7 +46,7 @@ def available_services() -> list[str]:
     return list(installed_services())
 
 
-def load_service(name: str) -> ServiceSpec:
+def load_service(name: str) -> ServiceSpec[Any]:
     """An installed service by name (``catalog``), or any ServiceSpec by import path (``package.module:attribute``)."""
     if ":" in name:
         module_name, _, attribute = name.partition(":")
@@ -250,15 +250,15 @@ def _describe(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":
-        settings = CommonSettings()
-        configure_logging("console" if sys.stderr.isatty() else settings.log_format, settings.log_level)
     try:
+        if args.command != "run":
+            settings = load_settings(CommonSettings)
+            configure_logging("console" if sys.stderr.isatty() else settings.log_format, settings.log_level)
         result: int = args.func(args)
     except UsageError as exc:
         print(f"skyport: {exc}", file=sys.stderr)
         return 2
-    except (SchemaBehind, MigrationChanged, Unreachable) as exc:
+    except (SchemaBehind, MigrationChanged, Unreachable, SettingsError) as exc:
         print(f"skyport: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

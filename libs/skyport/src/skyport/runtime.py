@@ -17,12 +17,12 @@ import functools
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
@@ -37,7 +37,7 @@ from skyport.errors import Unreachable
 from skyport.events.envelope import configure_schema_base
 from skyport.logging import configure_logging
 from skyport.metrics import BusMetrics
-from skyport.settings import CommonSettings
+from skyport.settings import CommonSettings, SettingsError, load_settings
 
 log = structlog.get_logger("skyport.runtime")
 
@@ -45,7 +45,7 @@ log = structlog.get_logger("skyport.runtime")
 # before an operator replays it: a duplicate older than this would be handled twice.
 EVENT_ID_RETENTION = timedelta(days=30)
 
-Lifespan = Callable[["ServiceContext"], AbstractAsyncContextManager[None]]
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 # While a stop takes longer than this, say every so often what it still waits for: a silent wait looks hung.
 STILL_STOPPING_EVERY = 5.0
 # Beyond the shutdown timeout, how long a stop hook may take to give up its work in flight before it is abandoned.
@@ -140,12 +140,13 @@ def _ignoring_cancellation() -> list[str]:
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    """What the runtime needs to know to run a service."""
+class ServiceSpec(Generic[SettingsT]):
+    """What the runtime needs to know to run a service; generic over its settings class, so its lifespan gets
+    a :class:`ServiceContext` whose ``settings`` are of that class (no ``isinstance`` checks in lifespans)."""
 
     name: str
-    settings_class: type[CommonSettings]
-    lifespan: Lifespan
+    settings_class: type[SettingsT]
+    lifespan: Callable[[ServiceContext[SettingsT]], AbstractAsyncContextManager[None]]
     migrations: Path | None = None
     """The service's own migrations folder; the service gets a database (schema ``name``) when set."""
     uses_bus: bool = True
@@ -159,11 +160,11 @@ class ServiceSpec:
 
 
 @dataclass
-class ServiceContext:
+class ServiceContext(Generic[SettingsT]):
     """The per-process resources of one service, handed to its lifespan."""
 
     name: str
-    settings: CommonSettings
+    settings: SettingsT
     bus_or_none: Bus | None
     metrics: BusMetrics
     db: Database | None = None
@@ -317,7 +318,7 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def migrate(spec: ServiceSpec, settings: CommonSettings) -> list[str]:
+async def migrate(spec: ServiceSpec[Any], settings: CommonSettings) -> list[str]:
     """Apply the spec's pending migrations; returns what was applied."""
     db = await Database.connect(settings.database_url, spec.name, min_size=1, max_size=1)
     try:
@@ -327,12 +328,22 @@ async def migrate(spec: ServiceSpec, settings: CommonSettings) -> list[str]:
         await db.close()
 
 
-async def run_services(specs: Sequence[ServiceSpec], *, stop: asyncio.Event | None = None) -> None:
-    """Run ``specs`` in this process until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order."""
+async def run_services(
+    specs: Sequence[ServiceSpec[Any]],
+    *,
+    stop: asyncio.Event | None = None,
+    settings: Mapping[str, CommonSettings] | None = None,
+) -> None:
+    """Run ``specs`` in this process until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order.
+
+    ``settings`` gives a service its settings by name (a composition such as the demo or a test passes them in);
+    the others read theirs from the environment, and one that is missing or wrong stops the start with
+    :class:`~skyport.settings.SettingsError` naming the variable.
+    """
     global _stop_event
     if not specs:
         raise ValueError("no service to run")
-    common = CommonSettings()
+    common = load_settings(CommonSettings)
     configure_logging(common.log_format, common.log_level)
     configure_schema_base(common.schema_base_uri)
     stop = stop or asyncio.Event()
@@ -342,7 +353,7 @@ async def run_services(specs: Sequence[ServiceSpec], *, stop: asyncio.Event | No
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await _run(specs, common, stop)
+        await _run(specs, common, stop, settings or {})
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -350,7 +361,12 @@ async def run_services(specs: Sequence[ServiceSpec], *, stop: asyncio.Event | No
         _stop_event = None
 
 
-async def _run(specs: Sequence[ServiceSpec], common: CommonSettings, stop: asyncio.Event) -> None:
+async def _run(
+    specs: Sequence[ServiceSpec[Any]],
+    common: CommonSettings,
+    stop: asyncio.Event,
+    given: Mapping[str, CommonSettings],
+) -> None:
     names = [spec.name for spec in specs]
     registry = CollectorRegistry()
     metrics = BusMetrics(registry)
@@ -366,9 +382,9 @@ async def _run(specs: Sequence[ServiceSpec], common: CommonSettings, stop: async
             await bus.start()
             stack.push_async_callback(shutdown.run, "bus: connection", bus.close)
         databases: list[Database] = []
-        contexts: list[ServiceContext] = []
+        contexts: list[ServiceContext[Any]] = []
         for spec in specs:
-            settings = spec.settings_class()
+            settings = given.get(spec.name) or load_settings(spec.settings_class)
             ctx = ServiceContext(
                 spec.name,
                 settings,
@@ -440,7 +456,7 @@ async def _forget_old_events(db: Database) -> None:
         await asyncio.sleep(3600)
 
 
-async def _open_database(spec: ServiceSpec, settings: CommonSettings) -> Database:
+async def _open_database(spec: ServiceSpec[Any], settings: CommonSettings) -> Database:
     db = await Database.connect(settings.database_url, spec.name)
     try:
         async with db.pool.acquire() as conn:
@@ -455,12 +471,12 @@ async def _open_database(spec: ServiceSpec, settings: CommonSettings) -> Databas
     return db
 
 
-def run_service(spec: ServiceSpec) -> None:
+def run_service(spec: ServiceSpec[Any]) -> None:
     """A service's ``python -m <package>`` entry point: run it alone in this process.
 
     A server it cannot reach at start ends the process with one line that says which and where, no traceback.
     """
     try:
         asyncio.run(run_services([spec]))
-    except Unreachable as exc:
+    except (Unreachable, SettingsError) as exc:
         raise SystemExit(f"{spec.name}: {exc}") from None

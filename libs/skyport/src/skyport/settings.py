@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skyport.events.envelope import DEFAULT_SCHEMA_BASE, check_schema_base
@@ -65,3 +65,23 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _absolute_schema_base(cls, value: str) -> str:
         return check_schema_base(value)
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+class SettingsError(ValueError):
+    """A setting that is missing or wrong, said in one line per variable; the operator's to fix, not a bug."""
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """``settings_class`` read from the environment; :class:`SettingsError` names each variable at fault."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        prefix = str(settings_class.model_config.get("env_prefix") or "")
+        problems = []
+        for error in exc.errors():
+            name = (prefix + "_".join(str(part) for part in error["loc"][:1])).upper() or "(settings)"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError(f"{settings_class.__name__}: " + "; ".join(problems)) from None
