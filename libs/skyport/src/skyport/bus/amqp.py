@@ -422,24 +422,39 @@ class AmqpBus(Bus):
         message_ids: Collection[str] | None,
         action: Callable[[AbstractChannel, AbstractIncomingMessage, DeadLetter], Awaitable[bool]],
     ) -> int:
-        """Apply ``action`` to the chosen dead letters, then remove those it took; leave the others in place."""
+        """Apply ``action`` to the chosen dead letters, then remove those it took; leave the others in place.
+
+        A letter another channel is looking at (``skyport dlq list``, another operator) is unacknowledged and so
+        invisible for a moment: when letters were named and some were not found, look again a few times.
+        """
+        wanted = None if message_ids is None else set(message_ids)
         taken = 0
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
-            for _ in range(queue.declaration_result.message_count or 0):
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                letter = _dead_letter(message)
-                if message_ids is not None and letter.message_id not in message_ids:
-                    continue  # stays unacknowledged, and returns to the queue when the channel closes
-                if await action(channel, message, letter):
-                    await message.ack()
-                    taken += 1
-        finally:
-            await channel.close()
+        for look in range(_DEAD_LETTER_LOOKS):
+            if look:
+                await asyncio.sleep(0.2 * look)
+            channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+            try:
+                queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
+                # Until the queue has nothing ready: the letters passed over stay unacknowledged on this channel,
+                # so each is seen once, and they return to the queue when the channel closes.
+                while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                    letter = _dead_letter(message)
+                    if wanted is not None and letter.message_id not in wanted:
+                        continue
+                    if await action(channel, message, letter):
+                        await message.ack()
+                        taken += 1
+                        if wanted is not None:
+                            wanted.discard(letter.message_id)
+            finally:
+                await channel.close()
+            if not wanted:
+                break
         return taken
+
+
+# How many times named dead letters are looked for before they are said not to be there.
+_DEAD_LETTER_LOOKS = 3
 
 
 def _left_unacknowledged(consumer: _Consumer, exc: BaseException) -> None:
