@@ -43,6 +43,9 @@ _REPLACES = TypeAdapter(list[ReplacedContent])
 # Unexpected errors evaluating one file: retried with back-off this many times, then the file is marked invalid.
 _UNEXPECTED_ATTEMPTS = 5
 
+# _LOST_CANCELLATION: every loop also ends when ``_stopping`` is set, not only when cancelled. On Python 3.11,
+# asyncio.wait_for can swallow a cancellation that arrives as its inner wait completes (CPython gh-86296, fixed in
+# 3.12); the loops wait on events set all the time, and a loop that lost its cancellation held the stop for ever.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -189,7 +192,7 @@ class Monitor:
         self._look_wake.set()
 
     async def _rescan_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():  # see _LOST_CANCELLATION
             await self.rescan()
             await asyncio.sleep(self.settings.rescan_interval)
 
@@ -206,7 +209,7 @@ class Monitor:
                 self._pend(relative)
 
     async def _look_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():  # see _LOST_CANCELLATION
             self._look_wake.clear()
             for signal_id, relative in await self.journal.signals_after(self._last_signal):
                 self._last_signal = signal_id
@@ -346,7 +349,7 @@ class Monitor:
     # --- doing the work -----------------------------------------------------------------------------
 
     async def _schedule(self) -> None:
-        while True:
+        while not self._stopping.is_set():  # see _LOST_CANCELLATION
             self._wake.clear()
             now = time.time()
             for entry in await self.journal.due((FileState.DETECTED, FileState.EVALUATED), now, limit=500):
@@ -452,7 +455,7 @@ class Monitor:
     # --- following transfers ------------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping.is_set():  # see _LOST_CANCELLATION
             await asyncio.sleep(self.settings.follow_interval)
             uploaded = await self.journal.due((FileState.UPLOADED,), time.time(), limit=200)
             results = await asyncio.gather(*(self._check(entry) for entry in uploaded), return_exceptions=True)
