@@ -43,7 +43,7 @@ simulate: install  ## write a simulated night into var/observatory (for `make ru
 	$(BIN)/skyport simulate --root var/observatory --rate 0.5 --size 2MB
 
 test: install services browser lint  ## lint, then every test tier (unit, integration, e2e, browser) on the real servers
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 unit: install  ## the fast tier only: no servers needed
 	$(BIN)/pytest tests/unit
