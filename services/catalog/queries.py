@@ -16,7 +16,8 @@ import asyncpg
 
 from services.catalog.access import Viewer, visible_condition
 from services.catalog.sky import Cone
-from services.catalog.storage import Params, ProductVersion, check_alias, cone_condition, hash_token
+from services.catalog.storage import Params, ProductVersion, check_alias, cone_condition
+from skyport.http import hash_token
 
 TOKEN_ID_LENGTH = 16
 """A token's id is this many leading hex digits of its sha256: it names the token and cannot be used as one."""

@@ -25,7 +25,6 @@ products.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -37,13 +36,9 @@ from typing import Any
 import asyncpg
 
 from services.catalog.sky import Cone
+from skyport.http import hash_token
 
 _ALIAS = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-def hash_token(token: str) -> str:
-    """Tokens are 256 random bits, so a plain sha256 is as good as a slow hash and lets us look them up."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Params:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -10,12 +9,8 @@ from datetime import datetime
 
 import asyncpg
 
+from skyport.http import hash_token
 from skyport.transfer import Manifest, TransferState, TransferStatus
-
-
-def hash_token(token: str) -> str:
-    """Tokens are 256 random bits, so a plain sha256 is as good as a slow hash and lets us look them up."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

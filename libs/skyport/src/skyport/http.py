@@ -4,6 +4,7 @@ the models the documents show)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -231,3 +232,11 @@ def _message(error: Any) -> str:
     if error["type"] == "value_error":
         return f"{field} {error['ctx']['error']}"
     return f"{field}: {error['msg']}"
+
+
+def hash_token(token: str) -> str:
+    """How a token or site credential is stored and looked up: its sha256 (hex).
+
+    Tokens are 256 random bits, so a plain sha256 is as good as a slow hash and lets us look them up.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
