@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
+from skyport.bus import Handler
+from skyport.db import Database, enqueue, idempotent
+from skyport.events import CloudEvent
 from skyport.http import hash_token
 from skyport.transfer import Manifest, TransferState, TransferStatus
 
@@ -150,3 +156,38 @@ class TransferStore:
             version,
             duplicate,
         )
+
+
+class PostgresUnitOfWork:
+    """The receiver's tables on one connection, and its outbox: an event published here commits with the rows."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.sites = SiteStore(conn)
+        self.transfers = TransferStore(conn)
+
+    async def publish(self, event: CloudEvent[Any]) -> None:
+        await enqueue(self.conn, event)
+
+
+class PostgresReceiverDatabase:
+    """The receiver's schema as the transfer workflow and its consumer use it (see ``transfers.ReceiverDatabase``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresUnitOfWork]:
+        async with self.db.transaction() as conn:
+            yield PostgresUnitOfWork(conn)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[PostgresUnitOfWork]:
+        async with self.db.pool.acquire() as conn:
+            yield PostgresUnitOfWork(conn)
+
+    def consumer(self, name: str, handler: Callable[[PostgresUnitOfWork, CloudEvent[Any]], Awaitable[None]]) -> Handler:
+        async def handle(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
+            await handler(PostgresUnitOfWork(conn), event)
+
+        return idempotent(self.db, name, handle)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
+import structlog
 
-from services.receiver.storage import TransferStore
+from services.receiver.transfers import UnitOfWork, UnknownTransfer, record_ingest_result
 from skyport.bus import PermanentError
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed
-from skyport.transfer import TransferState
 
 
-async def on_ingest_result(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
-    """Record the ingestor's verdict on the transfer, for the monitor that follows it."""
-    store = TransferStore(conn)
-    data = event.data
-    if await store.get(data.transfer_id) is None:
-        raise PermanentError(f"no transfer {data.transfer_id!r} was received here")
-    if isinstance(data, IngestCompleted):
-        await store.set_state(data.transfer_id, TransferState.INGESTED, version=data.version, duplicate=data.duplicate)
-    elif isinstance(data, IngestFailed):
-        await store.set_state(data.transfer_id, TransferState.FAILED, reason=data.reason)
+async def on_ingest_result(unit: UnitOfWork, event: CloudEvent[Any]) -> None:
+    """The ingest.completed / ingest.failed handler, in the consumer's transaction (idempotent on the event id)."""
+    result = event.data
+    if not isinstance(result, IngestCompleted | IngestFailed):
+        raise PermanentError(f"the receiver's ingest results take no {event.type}")
+    with structlog.contextvars.bound_contextvars(transfer_id=result.transfer_id, archive_id=result.archive_id):
+        try:
+            await record_ingest_result(unit, result)
+        except UnknownTransfer as exc:
+            # Retrying cannot make it known: the message goes to the dead letters with the reason.
+            raise PermanentError(str(exc)) from exc

@@ -1,0 +1,144 @@
+"""The receiver's database in memory: sites, transfers, the outbox and the handled event ids, with transactions
+that commit or roll back as PostgreSQL's do. Injected where the service injects ``PostgresReceiverDatabase``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from services.receiver.storage import Transfer
+from services.receiver.transfers import EventHandler
+from skyport.bus import Handler
+from skyport.events import CloudEvent
+from skyport.http import hash_token
+from skyport.transfer import Manifest, TransferState
+
+
+@dataclass
+class Tables:
+    """What the receiver's schema holds; a transaction works on a copy and puts it back at commit."""
+
+    sites: dict[str, str] = field(default_factory=dict)  # token sha256 -> site name
+    transfers: dict[str, Transfer] = field(default_factory=dict)
+    outbox: list[CloudEvent[Any]] = field(default_factory=list)
+    handled: set[tuple[str, str]] = field(default_factory=set)  # (consumer, event id)
+
+
+class FakeSites:
+    def __init__(self, tables: Tables) -> None:
+        self.tables = tables
+
+    async def site_for(self, token: str) -> str | None:
+        return self.tables.sites.get(hash_token(token))
+
+
+class FakeTransfers:
+    """As ``TransferStore``: one transfer per site, archive ID and checksum."""
+
+    def __init__(self, tables: Tables) -> None:
+        self.tables = tables
+
+    async def create(self, site: str, manifest: Manifest) -> tuple[Transfer, bool]:
+        for transfer in self.tables.transfers.values():
+            if (transfer.site, transfer.manifest.archive_id, transfer.manifest.sha256) == (
+                site,
+                manifest.archive_id,
+                manifest.sha256,
+            ):
+                return transfer, False
+        transfer_id = str(uuid.uuid4())
+        transfer = Transfer(transfer_id, site, manifest, TransferState.CREATED, None, None, None, False, _now())
+        self.tables.transfers[transfer_id] = transfer
+        return transfer, True
+
+    async def get(self, transfer_id: str, *, for_update: bool = False) -> Transfer | None:
+        try:
+            key = str(uuid.UUID(transfer_id))
+        except ValueError:
+            return None
+        return self.tables.transfers.get(key)
+
+    async def set_state(
+        self,
+        transfer_id: str,
+        state: TransferState,
+        *,
+        reason: str | None = None,
+        staged_path: str | None = None,
+        version: int | None = None,
+        duplicate: bool = False,
+    ) -> None:
+        old = self.tables.transfers[transfer_id]
+        self.tables.transfers[transfer_id] = replace(
+            old,
+            state=state,
+            reason=reason,
+            staged_path=staged_path or old.staged_path,
+            version=version or old.version,
+            duplicate=duplicate,
+            updated_at=_now(),
+        )
+
+
+class FakeUnitOfWork:
+    def __init__(self, tables: Tables) -> None:
+        self.tables = tables
+        self.sites = FakeSites(tables)
+        self.transfers = FakeTransfers(tables)
+
+    async def publish(self, event: CloudEvent[Any]) -> None:
+        self.tables.outbox.append(event)
+
+
+class FakeReceiverDatabase:
+    """Transactions one at a time (as the row locks would order them here), each committed whole or not at all."""
+
+    def __init__(self) -> None:
+        self.tables = Tables()
+        self._lock = asyncio.Lock()
+
+    def add_site(self, name: str) -> str:
+        token = secrets.token_urlsafe(16)
+        self.tables.sites[hash_token(token)] = name
+        return token
+
+    @property
+    def outbox(self) -> list[CloudEvent[Any]]:
+        return self.tables.outbox
+
+    def transfer(self, transfer_id: str) -> Transfer:
+        return self.tables.transfers[transfer_id]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeUnitOfWork]:
+        async with self._lock:
+            working = copy.deepcopy(self.tables)
+            yield FakeUnitOfWork(working)
+            self.tables = working  # commit; an exception in the block leaves the tables as they were
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[FakeUnitOfWork]:
+        yield FakeUnitOfWork(self.tables)
+
+    def consumer(self, name: str, handler: EventHandler) -> Handler:
+        """As ``skyport.db.idempotent``: the event id is claimed in the handler's transaction."""
+
+        async def handle(event: CloudEvent[Any]) -> None:
+            async with self.transaction() as unit:
+                if (name, event.id) in unit.tables.handled:
+                    return
+                unit.tables.handled.add((name, event.id))
+                await handler(unit, event)
+
+        return handle
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
