@@ -8,16 +8,37 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from services.ingestor.archive import ArchiveFiles
-from services.ingestor.ingest import Ingestor
+from services.ingestor.handlers.events import on_transfer_received
+from services.ingestor.ingest import Ingestor, IngestorDatabase
 from services.ingestor.settings import IngestorSettings
+from services.ingestor.storage import PostgresIngestorDatabase
 from skyport.bus import Subscription
 from skyport.bus.topology import INGESTOR_TRANSFER_RECEIVED
-from skyport.db import idempotent
 from skyport.events import TransferReceived
 from skyport.instruments import load_instruments
 from skyport.runtime import ServiceContext, ServiceSpec
 
 QUEUE = INGESTOR_TRANSFER_RECEIVED.name
+CONSUMER = "ingestor"
+"""The name under which handled transfer.received event ids are recorded (skyport.db.idempotency)."""
+
+
+def transfer_received_subscription(
+    database: IngestorDatabase,
+    ingestor: Ingestor,
+    *,
+    prefetch: int,
+    queue: str = QUEUE,
+    bindings: tuple[str, ...] = INGESTOR_TRANSFER_RECEIVED.bindings,
+) -> Subscription:
+    """The transfer.received consumer: one file per transaction, once per event id, ``prefetch`` files at once."""
+    return Subscription(
+        queue,
+        bindings,
+        database.consumer(CONSUMER, on_transfer_received(ingestor)),
+        models={TransferReceived.event_type: TransferReceived},
+        prefetch=prefetch,
+    )
 
 
 @asynccontextmanager
@@ -28,12 +49,8 @@ async def lifespan(ctx: ServiceContext[IngestorSettings]) -> AsyncIterator[None]
     ingestor = Ingestor(settings.staging_dir, ArchiveFiles(settings.storage_dir), instruments)
     ctx.start_outbox_relay()
     await ctx.subscribe(
-        Subscription(
-            QUEUE,
-            INGESTOR_TRANSFER_RECEIVED.bindings,
-            idempotent(ctx.database, "ingestor", ingestor.handle),
-            models={TransferReceived.event_type: TransferReceived},
-            prefetch=settings.ingest_concurrency,
+        transfer_received_subscription(
+            PostgresIngestorDatabase(ctx.database), ingestor, prefetch=settings.ingest_concurrency
         )
     )
     yield

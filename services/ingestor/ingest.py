@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import asyncpg
 import structlog
 
 from services.ingestor.archive import ArchiveFiles, safe_relative
-from services.ingestor.storage import ArchivedVersion, VersionStore
-from skyport.db import enqueue
+from services.ingestor.storage import ArchivedVersion
+from skyport.bus import Handler
 from skyport.events import (
     CloudEvent,
     FileArchived,
@@ -32,6 +33,62 @@ SOURCE = "/skyport/ingestor"
 log = structlog.get_logger("skyport.ingestor")
 
 
+class VersionRecords(Protocol):
+    """The archived versions of each archive ID, and the content complete files replaced."""
+
+    async def lock(self, archive_id: str) -> None: ...
+
+    async def versions(self, archive_id: str) -> list[ArchivedVersion]: ...
+
+    async def superseded(self, archive_id: str) -> dict[str, int]: ...
+
+    async def add(
+        self,
+        *,
+        archive_id: str,
+        version: int,
+        sha256: str,
+        size_bytes: int,
+        storage_path: str,
+        mission: str,
+        instrument: str,
+        level: str,
+        original_filename: str,
+        transfer_id: str,
+    ) -> datetime: ...
+
+    async def replace(
+        self, *, archive_id: str, version: int, sha256: str, size_bytes: int, transfer_id: str
+    ) -> datetime: ...
+
+    async def supersede(
+        self, archive_id: str, contents: list[tuple[str, int, bool]], *, version: int, transfer_id: str
+    ) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """The ingestor's records in one transaction, and its outbox: what is published commits with the records."""
+
+    @property
+    def versions(self) -> VersionRecords: ...
+
+    async def publish(self, event: CloudEvent[Any]) -> None: ...
+
+
+EventHandler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+
+
+class IngestorDatabase(Protocol):
+    """Where units of work come from: PostgreSQL (:class:`services.ingestor.storage.PostgresIngestorDatabase`), or
+    a fake in the unit tests."""
+
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
+
+    def consumer(self, name: str, handler: EventHandler) -> Handler:
+        """The bus handler that runs ``handler`` once per event id, in a transaction of its own."""
+        ...
+
+
 class IngestRejected(Exception):
     """The transfer cannot be archived as it stands; the reason goes back to the observatory."""
 
@@ -42,31 +99,32 @@ class Ingestor:
     storage: ArchiveFiles
     instruments: InstrumentCatalog
 
-    async def handle(self, conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
-        """The transfer.received handler: runs inside the consumer's transaction (idempotent on the event id)."""
-        received: TransferReceived = event.data
+    async def ingest(self, unit: UnitOfWork, received: TransferReceived, correlation_id: str | None) -> None:
+        """Archive one staged file, or tell the observatory why not (``ingest.failed``), in ``unit``'s transaction.
+
+        Anything else raised (storage unreachable, say) rolls the transaction back, and the bus retries.
+        """
         try:
-            await self._ingest(conn, received, event.correlationid)
+            await self._archive(unit, received, correlation_id)
         except IngestRejected as exc:
             log.warning("ingest failed", transfer_id=received.transfer_id, reason=str(exc))
-            await enqueue(
-                conn,
+            await unit.publish(
                 CloudEvent.create(
                     IngestFailed(transfer_id=received.transfer_id, archive_id=received.archive_id, reason=str(exc)),
                     source=SOURCE,
-                    correlation_id=event.correlationid,
+                    correlation_id=correlation_id,
                 ),
             )
             await asyncio.to_thread(self._set_aside, received)
 
-    async def _ingest(self, conn: asyncpg.Connection, received: TransferReceived, correlation_id: str | None) -> None:
-        store = VersionStore(conn)
+    async def _archive(self, unit: UnitOfWork, received: TransferReceived, correlation_id: str | None) -> None:
+        store = unit.versions
         await store.lock(received.archive_id)
         versions = await store.versions(received.archive_id)
         same_content = next((v for v in versions if v.sha256 == received.sha256), None)
         if same_content is not None:
             # The same bytes again under the same archive ID: acknowledged, not stored twice.
-            await enqueue(conn, self._completed(received, same_content.version, correlation_id, duplicate=True))
+            await unit.publish(self._completed(received, same_content.version, correlation_id, duplicate=True))
             await asyncio.to_thread(self._discard_staged, received)
             log.info("duplicate of an archived version", archive_id=received.archive_id, version=same_content.version)
             return
@@ -75,7 +133,7 @@ class Ingestor:
         if replaced_by is not None:
             # Partial content arriving after the complete file that replaces it (transfers can overtake each other):
             # acknowledged as the version holding the complete file, never archived as a version of its own.
-            await enqueue(conn, self._completed(received, replaced_by, correlation_id, duplicate=True))
+            await unit.publish(self._completed(received, replaced_by, correlation_id, duplicate=True))
             await asyncio.to_thread(self._discard_staged, received)
             log.warning(
                 "partial file arrived after the complete one, not archived",
@@ -100,7 +158,7 @@ class Ingestor:
             )
         staged = self._staged_path(received)
         if await asyncio.to_thread(staged.exists):
-            await asyncio.to_thread(self._verify_staged, staged, received)
+            await asyncio.to_thread(verify_staged, staged, received, self.instruments)
             await asyncio.to_thread(
                 self.storage.move_in,
                 staged,
@@ -155,51 +213,14 @@ class Ingestor:
                 transfer_id=received.transfer_id,
             )
         replaced = None if partial is None else ReplacedContent(sha256=partial.sha256, size_bytes=partial.size_bytes)
-        await enqueue(conn, self._archived(received, version, relative, archived_at, correlation_id, replaced))
-        await enqueue(conn, self._completed(received, version, correlation_id, duplicate=False))
+        await unit.publish(self._archived(received, version, relative, archived_at, correlation_id, replaced))
+        await unit.publish(self._completed(received, version, correlation_id, duplicate=False))
 
     def _staged_path(self, received: TransferReceived) -> Path:
         try:
             return self.staging_root / safe_relative(received.staged_path)
         except ValueError as exc:
             raise IngestRejected(str(exc)) from exc
-
-    def _verify_staged(self, staged: Path, received: TransferReceived) -> None:
-        """The staged bytes are the manifest's, and its header says what the manifest says.
-
-        The bytes were verified as FITS (every HDU, CHECKSUM/DATASUM) by DEP at the observatory; the sha256 proves
-        these are the same bytes, so only the header is read again, to check it against the instrument rules.
-        """
-        digest, size = sha256_file(staged)
-        if (digest, size) != (received.sha256, received.size_bytes):
-            raise IngestRejected(
-                f"staged file has {size} bytes with sha256 {digest}; the manifest says {received.size_bytes} "
-                f"bytes with sha256 {received.sha256}"
-            )
-        try:
-            header = read_header(staged)
-            instrument = self.instruments.instrument(received.mission, received.instrument)
-        except InvalidFile as exc:
-            raise IngestRejected(f"not a valid FITS file: {exc}") from exc
-        except KeyError as exc:
-            raise IngestRejected(f"unknown instrument {received.mission}/{received.instrument}") from exc
-        products = [
-            p
-            for p in instrument.products
-            if p.level == received.level and fnmatch.fnmatch(received.original_filename, p.pattern)
-        ]
-        if not products:
-            raise IngestRejected(
-                f"{received.original_filename} is not a level-{received.level} product of {instrument.name}"
-            )
-        try:
-            evaluation = instrument.evaluate(header, received.original_filename, products[0])
-        except InvalidFile as exc:
-            raise IngestRejected(f"header does not satisfy the {instrument.name} rules: {exc}") from exc
-        claimed = (received.archive_id, received.level, received.propid)
-        found = (evaluation.archive_id, evaluation.level, evaluation.propid)
-        if claimed != found:
-            raise IngestRejected(f"the manifest says archive ID, level, program {claimed} but the header gives {found}")
 
     def _discard_staged(self, received: TransferReceived) -> None:
         with contextlib.suppress(FileNotFoundError, IngestRejected):
@@ -257,6 +278,44 @@ class Ingestor:
             source=SOURCE,
             correlation_id=correlation_id,
         )
+
+
+def verify_staged(staged: Path, received: TransferReceived, instruments: InstrumentCatalog) -> None:
+    """The staged bytes are the manifest's, and its header says what the manifest says.
+
+    The bytes were verified as FITS (every HDU, CHECKSUM/DATASUM) by DEP at the observatory; the sha256 proves
+    these are the same bytes, so only the header is read again, to check it against the instrument rules.
+    """
+    digest, size = sha256_file(staged)
+    if (digest, size) != (received.sha256, received.size_bytes):
+        raise IngestRejected(
+            f"staged file has {size} bytes with sha256 {digest}; the manifest says {received.size_bytes} "
+            f"bytes with sha256 {received.sha256}"
+        )
+    try:
+        header = read_header(staged)
+        instrument = instruments.instrument(received.mission, received.instrument)
+    except InvalidFile as exc:
+        raise IngestRejected(f"not a valid FITS file: {exc}") from exc
+    except KeyError as exc:
+        raise IngestRejected(f"unknown instrument {received.mission}/{received.instrument}") from exc
+    products = [
+        p
+        for p in instrument.products
+        if p.level == received.level and fnmatch.fnmatch(received.original_filename, p.pattern)
+    ]
+    if not products:
+        raise IngestRejected(
+            f"{received.original_filename} is not a level-{received.level} product of {instrument.name}"
+        )
+    try:
+        evaluation = instrument.evaluate(header, received.original_filename, products[0])
+    except InvalidFile as exc:
+        raise IngestRejected(f"header does not satisfy the {instrument.name} rules: {exc}") from exc
+    claimed = (received.archive_id, received.level, received.propid)
+    found = (evaluation.archive_id, evaluation.level, evaluation.propid)
+    if claimed != found:
+        raise IngestRejected(f"the manifest says archive ID, level, program {claimed} but the header gives {found}")
 
 
 def version_replaced(versions: list[ArchivedVersion], replaces: list[ReplacedContent]) -> ArchivedVersion | None:

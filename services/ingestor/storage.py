@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+
+from skyport.bus import Handler
+from skyport.db import Database, enqueue, idempotent
+from skyport.events import CloudEvent
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,8 @@ class ArchivedVersion:
 
 
 class VersionStore:
+    """The ``archived_files`` and ``superseded_contents`` tables, on a connection the caller's transaction holds."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
@@ -100,3 +109,32 @@ class VersionStore:
             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (archive_id, sha256) DO NOTHING",
             [(archive_id, sha256, size, version, archived, transfer_id) for sha256, size, archived in contents],
         )
+
+
+class PostgresUnitOfWork:
+    """The ingestor's tables on one connection, and its outbox: an event published here commits with the rows."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.versions = VersionStore(conn)
+
+    async def publish(self, event: CloudEvent[Any]) -> None:
+        await enqueue(self.conn, event)
+
+
+class PostgresIngestorDatabase:
+    """The ingestor's schema as its consumer uses it (see ``ingest.IngestorDatabase``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresUnitOfWork]:
+        async with self.db.transaction() as conn:
+            yield PostgresUnitOfWork(conn)
+
+    def consumer(self, name: str, handler: Callable[[PostgresUnitOfWork, CloudEvent[Any]], Awaitable[None]]) -> Handler:
+        async def handle(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
+            await handler(PostgresUnitOfWork(conn), event)
+
+        return idempotent(self.db, name, handle)

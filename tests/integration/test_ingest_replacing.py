@@ -14,7 +14,9 @@ from astropy.io import fits
 
 from services.ingestor.app import service as ingestor_service
 from services.ingestor.archive import ArchiveFiles
+from services.ingestor.handlers.events import on_transfer_received
 from services.ingestor.ingest import Ingestor
+from services.ingestor.storage import PostgresIngestorDatabase
 from services.monitor.dep import evaluate
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
 from skyport.events import CloudEvent, ReplacedContent, TransferReceived
@@ -74,8 +76,8 @@ class Site:
             written_at=manifest.written_at,
             replaces=manifest.replaces,
         )
-        async with self.db.transaction() as conn:
-            await self.ingestor.handle(conn, CloudEvent.create(received, source="/test"))
+        async with PostgresIngestorDatabase(self.db).transaction() as unit:
+            await on_transfer_received(self.ingestor)(unit, CloudEvent.create(received, source="/test"))
 
     async def archived(self) -> list[tuple[int, str]]:
         rows = await self.db.pool.fetch("SELECT version, sha256 FROM archived_files ORDER BY version")

@@ -1,0 +1,208 @@
+"""The ingestor wired as the service wires it, on a fake database and the in-process bus: a staged file becomes an
+archived version, or is recognised as one archived already, or is refused with the reason (no servers)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from astropy.io import fits
+
+from services.ingestor.app import transfer_received_subscription
+from services.ingestor.archive import ArchiveFiles
+from services.ingestor.ingest import Ingestor
+from services.monitor.dep import evaluate
+from skyport.bus.memory import MemoryBus
+from skyport.events import (
+    CloudEvent,
+    FileArchived,
+    IngestCompleted,
+    IngestFailed,
+    ReplacedContent,
+    TransferReceived,
+)
+from skyport.instruments import load_instruments
+from skyport.simulator import Simulator
+from skyport.transfer import Manifest
+from tests.support.flow import INSTRUMENTS
+from tests.support.waiting import eventually
+from tests.unit.ingestor.fakes import FakeIngestorDatabase
+
+
+class Archive:
+    """An observatory folder whose files are evaluated as the monitor does, staged as the receiver does, and
+    announced on the bus to the ingestor."""
+
+    def __init__(self, tmp_path: Path, bus: MemoryBus) -> None:
+        self.instruments = load_instruments(INSTRUMENTS)
+        self.root, self.staging = tmp_path / "observatory", tmp_path / "staging"
+        self.storage = ArchiveFiles(tmp_path / "archive")
+        self.ingestor = Ingestor(self.staging, self.storage, self.instruments)
+        self.db = FakeIngestorDatabase()
+        self.bus = bus
+
+    def new_file(self, seed: int = 11) -> str:
+        simulator = Simulator(self.instruments, self.root, seed=seed)
+        return simulator.write_file("HIRES", size_bytes=100_000).relative_path
+
+    def complete(self, relative: str) -> None:
+        """Change the file as an instrument still writing it would: the content sent before was partial."""
+        with fits.open(self.root / relative, mode="update") as hdul:
+            hdul[0].header["HISTORY"] = "the rest of the file"
+            hdul[0].add_checksum()
+
+    def manifest(self, relative: str, replaces: Sequence[Manifest] = ()) -> tuple[Manifest, bytes]:
+        path = self.root / relative
+        manifest = evaluate(self.instruments, self.root, relative, path.stat().st_size, shared=False)
+        earlier = [ReplacedContent(sha256=m.sha256, size_bytes=m.size_bytes) for m in replaces]
+        return manifest.model_copy(update={"replaces": earlier}), path.read_bytes()
+
+    def received(self, manifest: Manifest, content: bytes) -> CloudEvent[TransferReceived]:
+        """The receiver's part: the bytes staged under a new transfer's id, and its transfer.received."""
+        transfer_id = str(uuid.uuid4())
+        staged_path = f"{transfer_id[:2]}/{transfer_id}"
+        (self.staging / staged_path).parent.mkdir(parents=True, exist_ok=True)
+        (self.staging / staged_path).write_bytes(content)
+        data = TransferReceived(
+            transfer_id=transfer_id,
+            site="keck",
+            staged_path=staged_path,
+            **manifest.model_dump(include={"archive_id", "mission", "instrument", "level", "propid", "obset"}),
+            original_filename=manifest.original_filename,
+            size_bytes=manifest.size_bytes,
+            sha256=manifest.sha256,
+            metadata=manifest.metadata,
+            written_at=manifest.written_at,
+            replaces=manifest.replaces,
+        )
+        return CloudEvent.create(data, source="/skyport/receiver", correlation_id=transfer_id)
+
+    async def send(self, manifest: Manifest, content: bytes) -> IngestCompleted | IngestFailed:
+        """Publish the file's transfer.received, and wait for the ingestor's verdict on it."""
+        event = self.received(manifest, content)
+        await self.bus.publish(event)
+        await eventually(lambda: self.verdict(event.data.transfer_id) is not None, what="the ingestor's verdict")
+        verdict = self.verdict(event.data.transfer_id)
+        assert verdict is not None
+        return verdict
+
+    def verdict(self, transfer_id: str) -> IngestCompleted | IngestFailed | None:
+        for event in self.db.outbox:
+            if isinstance(event.data, IngestCompleted | IngestFailed) and event.data.transfer_id == transfer_id:
+                return event.data
+        return None
+
+    def archived(self) -> list[tuple[int, str]]:
+        return [(v.version, v.sha256) for versions in self.db.tables.versions.values() for v in versions]
+
+    def announced(self) -> list[FileArchived]:
+        return [event.data for event in self.db.outbox if isinstance(event.data, FileArchived)]
+
+    def stored(self) -> list[bytes]:
+        return [p.read_bytes() for p in self.storage.root.rglob("*") if p.is_file()]
+
+    def staged(self) -> list[Path]:
+        return [p for p in self.staging.rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+async def archive(tmp_path: Path, unique: str) -> AsyncIterator[Archive]:
+    bus = MemoryBus(f"memory://ingestor-{unique}")
+    await bus.start()
+    archive = Archive(tmp_path, bus)
+    await bus.subscribe(transfer_received_subscription(archive.db, archive.ingestor, prefetch=2))
+    try:
+        yield archive
+    finally:
+        await bus.close()
+
+
+def completed(verdict: Any) -> tuple[int, bool]:
+    assert isinstance(verdict, IngestCompleted), verdict
+    return verdict.version, verdict.duplicate
+
+
+async def test_a_new_file_is_archived_as_its_first_version_and_announced(archive: Archive) -> None:
+    manifest, content = archive.manifest(archive.new_file())
+
+    verdict = await archive.send(manifest, content)
+
+    assert completed(verdict) == (1, False)
+    assert archive.archived() == [(1, manifest.sha256)]
+    (announced,) = archive.announced()
+    assert (announced.archive_id, announced.version, announced.replaces) == (manifest.archive_id, 1, None)
+    assert archive.storage.path(announced.storage_path).read_bytes() == content
+    assert archive.staged() == []  # moved, not copied
+
+
+async def test_the_same_content_again_is_recognised_and_not_stored_twice(archive: Archive) -> None:
+    manifest, content = archive.manifest(archive.new_file())
+    await archive.send(manifest, content)
+
+    verdict = await archive.send(manifest, content)  # sent again: a new transfer of the same bytes
+
+    assert completed(verdict) == (1, True)
+    assert archive.archived() == [(1, manifest.sha256)]
+    assert len(archive.announced()) == 1
+    assert archive.stored() == [content]
+    assert archive.staged() == []
+
+
+async def test_a_complete_file_replaces_the_partial_one_in_its_version(archive: Archive) -> None:
+    relative = archive.new_file()
+    partial, partial_bytes = archive.manifest(relative)
+    await archive.send(partial, partial_bytes)
+    archive.complete(relative)
+    whole, whole_bytes = archive.manifest(relative, [partial])
+
+    assert completed(await archive.send(whole, whole_bytes)) == (1, False)
+
+    assert archive.archived() == [(1, whole.sha256)]
+    assert archive.stored() == [whole_bytes]
+    assert [(e.version, e.sha256, e.replaces) for e in archive.announced()] == [
+        (1, partial.sha256, None),
+        (1, whole.sha256, ReplacedContent(sha256=partial.sha256, size_bytes=partial.size_bytes)),
+    ]
+
+
+async def test_a_partial_file_arriving_after_the_complete_one_is_never_archived(archive: Archive) -> None:
+    relative = archive.new_file()
+    partial, partial_bytes = archive.manifest(relative)
+    archive.complete(relative)
+    whole, whole_bytes = archive.manifest(relative, [partial])
+    await archive.send(whole, whole_bytes)  # the complete file's transfer overtook the partial one's
+
+    verdict = await archive.send(partial, partial_bytes)
+
+    assert completed(verdict) == (1, True)  # acknowledged as the version holding the complete file
+    assert archive.archived() == [(1, whole.sha256)]
+    assert archive.stored() == [whole_bytes]
+    assert [e.replaces for e in archive.announced()] == [None]
+    assert archive.staged() == []
+
+
+async def test_bytes_that_are_not_the_manifest_s_are_refused_and_set_aside(archive: Archive) -> None:
+    manifest, content = archive.manifest(archive.new_file())
+
+    verdict = await archive.send(manifest, content[:-1] + b"X")
+
+    assert isinstance(verdict, IngestFailed)
+    assert "the manifest says" in verdict.reason
+    assert archive.archived() == []
+    assert archive.announced() == []
+    assert [p.parent.name for p in archive.staged()] == [".rejected"]  # kept for inspection
+
+
+async def test_a_redelivered_event_is_ingested_once(archive: Archive) -> None:
+    manifest, content = archive.manifest(archive.new_file())
+    event = archive.received(manifest, content)
+    handle = transfer_received_subscription(archive.db, archive.ingestor, prefetch=1).handler
+
+    await handle(event)
+    await handle(event)  # the broker's at-least-once: the same event id again
+
+    assert archive.archived() == [(1, manifest.sha256)]
+    assert [type(e.data) for e in archive.db.outbox] == [FileArchived, IngestCompleted]
