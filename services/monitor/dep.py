@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from skyport.fits import InvalidFile, sha256_file, verify_fits
+from skyport.fits import InvalidFile, verify_fits
 from skyport.instruments import InstrumentCatalog
 from skyport.transfer import Manifest
 
@@ -22,9 +22,15 @@ def evaluate(
     if match is None:
         raise InvalidFile(f"no instrument configuration covers {relative_path}")
     path = watch_root / relative_path
-    summary = verify_fits(path)
+    # One read of the file gives the verdict, the header and the sha256 of the very bytes verified.
+    try:
+        summary = verify_fits(path)
+    except InvalidFile:
+        if path.stat().st_size != expected_size:
+            raise FileChanged(f"{relative_path} changed size while it was evaluated") from None
+        raise
     evaluation = match.instrument.evaluate(summary.header, path.name, match.product)
-    sha256, size = sha256_file(path)
+    sha256, size = summary.sha256, summary.size_bytes
     stat = path.stat()
     if size != expected_size or stat.st_size != expected_size:
         raise FileChanged(f"{relative_path} changed size while it was evaluated")
