@@ -13,7 +13,7 @@ only (it reads /proc for CPU times). Two figures, each next to its aim in issue 
 - **cone search**: a separate database, migrated with the catalog's schema, is filled by COPY with ``--rows``
   products spread uniformly on the sphere (only the columns a cone search reads, and cheap values in the NOT NULL
   ones), then analysed. ``--cones`` random cones per radius (1 arcminute and 0.5 degree) run through the API's
-  own SQL (``services.catalog.sky.cone`` and ``services.catalog.storage.cone_condition``); the wall time of each,
+  own SQL (``services.catalog.sky.cone`` and ``services.catalog.storage.sql.cone_condition``); the wall time of each,
   the cone's cell ranges computed in Python included, gives p50/p95/max. Aim: p95 under 10 ms for 1 arcminute.
 
 Progress goes to stderr, figures to stdout. The virtual host and the databases are removed at the end.
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from yarl import URL  # noqa: E402
 
 from services.catalog.sky import cone, healpix_index  # noqa: E402
-from services.catalog.storage import Params, cone_condition  # noqa: E402
+from services.catalog.storage.sql import Params, cone_condition  # noqa: E402
 from skyport.bus import create_bus  # noqa: E402
 from skyport.events import FileArchived  # noqa: E402
 from tests.support.catalog import archived, event_of  # noqa: E402

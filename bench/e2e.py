@@ -94,7 +94,7 @@ from bench.ingest import (  # noqa: E402
 )
 from services.catalog.membership import grant  # noqa: E402
 from services.catalog.settings import CatalogSettings  # noqa: E402
-from services.catalog.storage import UserStore  # noqa: E402
+from services.catalog.storage.users import UserStore  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
 from services.monitor.settings import MonitorSettings  # noqa: E402
 from skyport.bus import Bus, Subscription, create_bus  # noqa: E402

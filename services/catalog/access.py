@@ -1,4 +1,6 @@
-"""The access rule, in one place: who may see a product, its metadata, its files and its counts.
+"""Every authorisation decision of the catalog, in one place, built on one access rule: who may see a product
+(its metadata, its files and its counts), who may see and change a program's members, who may release its
+data early, who may follow the whole catalog. Services ask this module; handlers and commands never decide.
 
 A product (with everything about it) is visible to a viewer when
 
@@ -14,6 +16,11 @@ Every door uses :func:`visible_condition` in its SQL (search, counts, product pa
 the helpers below that are built on it. A product that a viewer may not see is reported exactly like one
 that does not exist (:func:`can_see_product` is False for both), so that its existence does not leak.
 
+The program rules follow from the same membership rows: members see each other; the PI (or an administrator)
+manages the program (members, early release); only an administrator, or an administration command
+(``actor=None``), names or removes a PI; only an administrator reads the catalog position (a gateway's service
+account, which sees every change).
+
 Visibility follows ``public_since``, not the date itself: between midnight of the release date and the
 scheduler's next pass (``SKYPORT_RELEASE_INTERVAL``) data stay proprietary, so that they become visible in
 the same commit that announces them (``dataset.public``) and takes their place in the catalog order.
@@ -26,22 +33,24 @@ from typing import Literal, cast
 
 import asyncpg
 
-from services.catalog.storage import Membership, Params, ProgramStore, UserStore, check_alias
+from services.catalog.errors import NotAllowed, NotSignedIn, UnknownProgram, UnknownUser
+from services.catalog.storage.programs import Membership, ProgramStore
+from services.catalog.storage.sql import Params, check_alias
+from services.catalog.storage.users import UserStore
 
 Role = Literal["pi", "coi", "collaborator"]
 ROLES: tuple[Role, ...] = ("pi", "coi", "collaborator")
 
-
-class NotAllowed(PermissionError):
-    """The viewer may not do this (an API answers 403, or 404 where existence must not leak)."""
-
-
-class UnknownProgram(LookupError):
-    """No such program (an API answers 404)."""
-
-
-class UnknownUser(LookupError):
-    """No such user (an API answers 404)."""
+__all__ = [  # the errors are the decisions' answers, so callers may take them from here too
+    "ANONYMOUS",
+    "ROLES",
+    "NotAllowed",
+    "NotSignedIn",
+    "Role",
+    "UnknownProgram",
+    "UnknownUser",
+    "Viewer",
+]
 
 
 @dataclass(frozen=True)
@@ -127,3 +136,55 @@ async def programs_visible_to(conn: asyncpg.Connection, viewer: Viewer) -> list[
     if viewer.is_admin:
         return await store.all_as_admin(viewer.user_id)
     return await store.memberships_of(viewer.user_id)
+
+
+# --- the decisions services take (each raises the refusal, with words for whoever asked) -----------------
+
+
+def require_user(viewer: Viewer) -> Viewer:
+    """The viewer, who must be a user (an action on one's own account or programs); :class:`NotSignedIn` else."""
+    if viewer.is_anonymous:
+        raise NotSignedIn("this endpoint needs a token: Authorization: Bearer <token>")
+    return viewer
+
+
+def check_may_follow_catalog(viewer: Viewer) -> None:
+    """Only an administrator (a gateway's service account) reads where the catalog order stands."""
+    require_user(viewer)
+    if not viewer.is_admin:
+        raise NotAllowed("the catalog position is for administrators (a gateway's service account)")
+
+
+async def check_may_see_members(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: str) -> None:
+    """Members see each other, administrators every program; to anyone else the program does not exist."""
+    require_user(viewer)
+    role = await role_in(conn, viewer, mission, propid)
+    if await ProgramStore(conn).get(mission, propid) is None or (role is None and not viewer.is_admin):
+        raise UnknownProgram(f"no program {mission}/{propid} among yours")
+
+
+async def check_may_change_members(
+    conn: asyncpg.Connection, actor: Viewer | None, mission: str, propid: str, *, touching_pi: bool
+) -> None:
+    """An administrator, or an administration command (``actor=None``), changes anything in a program that
+    exists; its PI grants, changes and removes the other roles; nobody else changes anything.
+
+    ``touching_pi``: the change names, demotes or removes the program's PI.
+    """
+    if actor is None or actor.is_admin:
+        if await ProgramStore(conn).get(mission, propid) is None:
+            raise UnknownProgram(f"no program {mission}/{propid}")
+        return
+    if touching_pi:
+        raise NotAllowed(f"only an administrator may name or remove the PI of {mission}/{propid}")
+    if not await is_pi(conn, actor, mission, propid):
+        raise NotAllowed(f"only the PI of {mission}/{propid} or an administrator may change its members")
+
+
+async def check_may_release_early(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: str) -> None:
+    """The PI, or an administrator, releases a program's data early; :class:`UnknownProgram` (to an
+    administrator) when there is no such program."""
+    if not await may_manage(conn, viewer, mission, propid):
+        raise NotAllowed(f"only the PI of {mission}/{propid} or an administrator may release its data early")
+    if await ProgramStore(conn).get(mission, propid) is None:
+        raise UnknownProgram(f"no program {mission}/{propid}")

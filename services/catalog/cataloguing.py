@@ -42,15 +42,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.catalog.dataset_events import dataset_file, obsets_of, program_event
 from services.catalog.sky import check_position, healpix_index
-from services.catalog.storage import (
+from services.catalog.storage.products import (
     AnnouncedFile,
     KnownVersions,
     NewProduct,
     ProductDescription,
     ProductStore,
-    Program,
-    ProgramStore,
 )
+from services.catalog.storage.programs import Program, ProgramStore
 from skyport.db import enqueue_many
 from skyport.events import (
     CloudEvent,
@@ -361,7 +360,7 @@ class Cataloguer:
                     newer[described.archive_id] = described
         await enqueue_many(conn, [event for step in steps for event in step.events])
         if new or newer:
-            # Last, so that the catalog-order lock is held for as short a time as possible (see storage.py).
+            # Last, so that the catalog-order lock is held for as short a time as possible (see storage/products.py).
             await products.lock_catalog_order()
             await products.insert(list(new.values()))
             await products.update_to(list(newer.values()))

@@ -1,8 +1,9 @@
 """``skyport catalog ...``: bootstrap and administer a catalog without SQL (programs, users, tokens, members).
 
 Each command is an ``async`` function on a :class:`~skyport.db.Database` (what the tests call) behind a thin
-argparse adapter. Membership changes made here are announced (``access.changed``) like the PI's own, by the
-running catalog's outbox relay.
+argparse adapter: it checks the operator's words, opens the transaction and calls the same service functions
+as the HTTP API (:mod:`.programs`, :mod:`.users`, :mod:`.membership`), as an administrator. Membership
+changes made here are announced (``access.changed``) like the PI's own, by the running catalog's outbox relay.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from services.catalog.access import ROLES, NotAllowed, Role, UnknownProgram, UnknownUser
-from services.catalog.membership import MembershipChange, MembershipRefused, grant, revoke
-from services.catalog.storage import Program, ProgramStore, ProgramSummary, User, UserStore
+from services.catalog import programs, users
+from services.catalog.access import ROLES, Role
+from services.catalog.errors import MembershipRefused, NotAllowed, UnknownProgram, UnknownUser
+from services.catalog.membership import MembershipChange, grant, revoke
+from services.catalog.storage.programs import Program, ProgramSummary
+from services.catalog.storage.users import User
 from skyport.db import Database
 from skyport.settings import CommonSettings
 
@@ -62,48 +66,39 @@ async def add_program(
 ) -> Program:
     """Create a program (or update its title and period) and, with ``pi``, name its PI."""
     mission, propid = check_program(mission, propid)
+    if pi is not None:
+        check_username(pi)
     async with db.transaction() as conn:
-        program = await ProgramStore(conn).add(
-            mission, propid, title=title, exclusive_access_months=exclusive_access_months
+        return await programs.add_program(
+            conn, mission, propid, title=title, exclusive_access_months=exclusive_access_months, pi=pi
         )
-        if pi is not None:
-            await grant(conn, None, mission, propid, check_username(pi), "pi")
-    return program
 
 
 async def add_user(
     db: Database, username: str, *, email: str | None = None, display_name: str | None = None, admin: bool = False
 ) -> User:
+    username = check_username(username)
     async with db.transaction() as conn:
-        return await UserStore(conn).add(
-            check_username(username), email=email, display_name=display_name, is_admin=admin
-        )
+        return await users.add_user(conn, username, email=email, display_name=display_name, is_admin=admin)
 
 
 async def issue_token(db: Database, username: str, *, label: str = "") -> str:
     """A new token for the user; the only time it is ever shown."""
     async with db.transaction() as conn:
-        users = UserStore(conn)
-        user = await users.by_username(username)
-        if user is None:
-            raise UnknownUser(f"no user {username!r}")
-        return await users.issue_token(user.user_id, label)
+        return await users.issue_token(conn, username, label=label)
 
 
 async def revoke_token(
     db: Database, *, token: str | None = None, username: str | None = None, label: str | None = None
 ) -> int:
     """Revoke one token (given in full), or a user's tokens (all, or those with ``label``); returns how many."""
+    if token is None and username is None:
+        raise CommandError("name the token, or the user whose tokens to revoke (--user)")
     async with db.transaction() as conn:
-        users = UserStore(conn)
         if token is not None:
-            return 1 if await users.revoke_token(token) else 0
-        if username is None:
-            raise CommandError("name the token, or the user whose tokens to revoke (--user)")
-        user = await users.by_username(username)
-        if user is None:
-            raise UnknownUser(f"no user {username!r}")
-        return await users.revoke_tokens_of(user.user_id, label)
+            return 1 if await users.revoke_token(conn, token) else 0
+        assert username is not None
+        return await users.revoke_tokens_of(conn, username, label=label)
 
 
 async def grant_role(
@@ -122,7 +117,7 @@ async def revoke_role(db: Database, mission: str, propid: str, username: str) ->
 
 async def list_programs(db: Database) -> list[ProgramSummary]:
     async with db.pool.acquire() as conn:
-        return await ProgramStore(conn).summaries()
+        return await programs.summaries(conn)
 
 
 # --- the command line ------------------------------------------------------------------------------------

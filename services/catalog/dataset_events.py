@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from pydantic import AnyUrl
 
-from services.catalog.storage import AnnouncedFile
+from services.catalog.storage.products import AnnouncedFile
 from skyport.events import AccessChanged, CloudEvent, DatasetEvent, DatasetFile, DatasetPublic
 
 SOURCE = "/skyport/catalog"

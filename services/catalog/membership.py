@@ -1,10 +1,10 @@
 """Program membership changes: a PI grants and removes collaborators, an administrator anything.
 
-Who may do what:
+Who may do what is decided by :func:`services.catalog.access.check_may_change_members`:
 
 - an administrator, or an administration command (``actor=None``): any role for anyone, including the PI;
 - the program's PI: grant or change ``coi`` and ``collaborator`` memberships, and remove them;
-- nobody else (:class:`~services.catalog.access.NotAllowed`).
+- nobody else (:class:`~services.catalog.errors.NotAllowed`).
 
 A program has at most one PI: naming another while one is in place is refused (remove the first one).
 Every change is recorded in ``membership_changes`` and announced with ``access.changed`` through the outbox,
@@ -20,17 +20,18 @@ from typing import Literal
 import asyncpg
 import structlog
 
-from services.catalog.access import ROLES, NotAllowed, Role, UnknownProgram, UnknownUser, Viewer, role_in
+from services.catalog.access import ROLES, Role, Viewer, check_may_change_members
 from services.catalog.dataset_events import program_event
-from services.catalog.storage import ProgramStore, UserStore
+from services.catalog.errors import MembershipRefused, UnknownUser
+from services.catalog.storage.programs import ProgramStore
+from services.catalog.storage.users import UserStore
 from skyport.db import enqueue
 from skyport.events import AccessChanged
 
 log = structlog.get_logger("skyport.catalog.membership")
 
 
-class MembershipRefused(ValueError):
-    """The change breaks a rule of membership (a second PI, an unknown role); the message says which."""
+__all__ = ["MembershipChange", "MembershipRefused", "grant", "revoke"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ async def grant(
         raise MembershipRefused(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     mission = mission.upper()
     programs = ProgramStore(conn)
-    await _check_actor(conn, actor, mission, propid, touching_pi=role == "pi")
+    await check_may_change_members(conn, actor, mission, propid, touching_pi=role == "pi")
     user = await UserStore(conn).by_username(username)
     if user is None:
         raise UnknownUser(f"no user {username!r}")
@@ -64,7 +65,7 @@ async def grant(
     if current == role:
         return None
     if current == "pi":
-        await _check_actor(conn, actor, mission, propid, touching_pi=True)
+        await check_may_change_members(conn, actor, mission, propid, touching_pi=True)
     if role == "pi":
         pi = await programs.pi_of(mission, propid)
         if pi is not None and pi != username:
@@ -85,28 +86,15 @@ async def revoke(
     """
     mission = mission.upper()
     programs = ProgramStore(conn)
-    await _check_actor(conn, actor, mission, propid, touching_pi=False)
+    await check_may_change_members(conn, actor, mission, propid, touching_pi=False)
     user = await UserStore(conn).by_username(username)
     if user is None:
         raise UnknownUser(f"no user {username!r}")
     if await programs.role_of(mission, propid, user.user_id) == "pi":
-        await _check_actor(conn, actor, mission, propid, touching_pi=True)
+        await check_may_change_members(conn, actor, mission, propid, touching_pi=True)
     if await programs.remove_member(mission, propid, user.user_id) is None:
         return None
     return await _announce(conn, MembershipChange(mission, propid, username, None, "revoked", _name(actor)))
-
-
-async def _check_actor(
-    conn: asyncpg.Connection, actor: Viewer | None, mission: str, propid: str, *, touching_pi: bool
-) -> None:
-    if actor is None or actor.is_admin:
-        if await ProgramStore(conn).get(mission, propid) is None:
-            raise UnknownProgram(f"no program {mission}/{propid}")
-        return
-    if touching_pi:
-        raise NotAllowed(f"only an administrator may name or remove the PI of {mission}/{propid}")
-    if await role_in(conn, actor, mission, propid) != "pi":
-        raise NotAllowed(f"only the PI of {mission}/{propid} or an administrator may change its members")
 
 
 def _name(actor: Viewer | None) -> str | None:

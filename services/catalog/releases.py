@@ -17,9 +17,9 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from services.catalog.access import NotAllowed, UnknownProgram, Viewer, may_manage
+from services.catalog.access import Viewer, check_may_release_early
 from services.catalog.dataset_events import public_events
-from services.catalog.storage import AnnouncedFile, ProductStore, ProgramStore
+from services.catalog.storage.products import AnnouncedFile, ProductStore
 from skyport.db import Database, enqueue
 
 log = structlog.get_logger("skyport.catalog.releases")
@@ -39,7 +39,7 @@ async def release_due(
     if not got_it:
         return []
     products = ProductStore(conn)
-    await products.lock_catalog_order()  # before touching any products row (see storage.py)
+    await products.lock_catalog_order()  # before touching any products row (see storage/products.py)
     due = await products.due_for_release(today, limit)
     if due:
         await _publish(conn, products, due, early=False, public_url=public_url, max_files=max_files_per_event)
@@ -64,10 +64,7 @@ async def release_early(
     Run it in the caller's transaction; the events are announced when it commits.
     """
     mission = mission.upper()
-    if not await may_manage(conn, viewer, mission, propid):
-        raise NotAllowed(f"only the PI of {mission}/{propid} or an administrator may release its data early")
-    if await ProgramStore(conn).get(mission, propid) is None:
-        raise UnknownProgram(f"no program {mission}/{propid}")
+    await check_may_release_early(conn, viewer, mission, propid)
     products = ProductStore(conn)
     await products.lock_catalog_order()
     chosen = await products.proprietary_of(mission, propid, archive_ids)

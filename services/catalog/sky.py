@@ -152,7 +152,7 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
 def angular_distance(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     """The angle between two positions, in degrees (the haversine formula, accurate at small angles).
 
-    The catalog's SQL filter (``services.catalog.storage.cone_condition``) computes the same expression.
+    The catalog's SQL filter (``services.catalog.storage.sql.cone_condition``) computes the same expression.
     """
     sin_ddec = math.sin(math.radians(dec1 - dec2) / 2)
     sin_dra = math.sin(math.radians(ra1 - ra2) / 2)

@@ -18,7 +18,8 @@ from services.catalog.cataloguing import CatalogueOutcome, Cataloguer, InvalidPr
 from services.catalog.releases import release_due
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import angular_distance, cone
-from services.catalog.storage import Params, ProductStore, cone_condition
+from services.catalog.storage.products import ProductStore
+from services.catalog.storage.sql import Params, cone_condition
 from skyport.bus import Bus, OutgoingMessage
 from skyport.bus.base import utcnow
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay

@@ -25,7 +25,7 @@ from services.catalog.access import (
 from services.catalog.cataloguing import Cataloguer
 from services.catalog.membership import MembershipRefused, grant, revoke
 from services.catalog.releases import release_early
-from services.catalog.storage import Params
+from services.catalog.storage.sql import Params
 from skyport.db import Database
 from skyport.events import decode_event
 from skyport.http import hash_token

@@ -9,7 +9,7 @@ from multidict import MultiDict
 
 from services.catalog.bulk import TOKEN_VARIABLE, ScriptFile, local_name, render_script
 from services.catalog.handlers.params import BadParameter, decode_cursor, parse_search
-from services.catalog.queries import escape_like, glob_to_like
+from services.catalog.storage.sql import escape_like, glob_to_like
 from skyport.cursor import encode_cursor
 
 

@@ -14,7 +14,9 @@ from services.catalog.cataloguing import Cataloguer, InvalidProduct, calib_level
 from services.catalog.dataset_events import public_events
 from services.catalog.settings import CatalogSettings
 from services.catalog.sky import healpix_index
-from services.catalog.storage import AnnouncedFile, Params, Program
+from services.catalog.storage.products import AnnouncedFile
+from services.catalog.storage.programs import Program
+from services.catalog.storage.sql import Params
 from skyport.db import Database
 from skyport.events import InvalidEvent, decode_event
 from tests.support.catalog import FAR_FUTURE, PUBLIC_URL, archived, event_of

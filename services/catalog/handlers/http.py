@@ -1,18 +1,20 @@
 """The catalog API (``/v1``): search, product pages, downloads and download scripts, who am I, program members,
 early release, API tokens. See ``services/catalog/openapi.yaml``.
 
-Handlers are thin: read the request (:mod:`services.catalog.handlers.params`), authorise through
-:mod:`services.catalog.access` (every product query carries its rule, see :mod:`services.catalog.queries`),
-call one query or one operation, answer with a model of :mod:`skyport.api.catalog` (never a storage row as it
-is, so that a new column is not published by accident). A product the caller may not see is answered exactly
-like one that does not exist (404, same body), in every door. Callers without a token are anonymous and see
+Handlers only adapt HTTP: read the request (:mod:`services.catalog.handlers.params`, ``bodies``), call one
+function of a service module (:mod:`services.catalog.products`, ``programs``, ``membership``, ``releases``,
+``users``) in the transaction they open, and answer with a model of :mod:`skyport.api.catalog` (never a storage
+row as it is, so that a new column is not published by accident); the services' refusals
+(:mod:`services.catalog.errors`) become API errors in :func:`refusal`. Every decision of who may do what is
+:mod:`services.catalog.access`'s, and there is no SQL here (``tests/unit/test_catalog_layers.py`` checks both).
+A product the caller may not see is answered exactly like one that does not exist (404, same body), in every
+door. Callers without a token are anonymous and see
 public data only; a token that is sent must be valid (401 otherwise), and is checked on every request, so that a
 revoked token or membership stops working at the next request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import time
@@ -20,9 +22,8 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import asyncpg
 import structlog
@@ -33,31 +34,26 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
-from services.catalog.access import (
-    ANONYMOUS,
+from services.catalog import membership, products, programs, releases, users
+from services.catalog.access import ANONYMOUS, Viewer, require_user, viewer_for_token
+from services.catalog.dataset_events import download_url
+from services.catalog.errors import (
+    MembershipRefused,
+    NoSuchVersion,
     NotAllowed,
+    NotSignedIn,
+    ProductNotFound,
+    StoredFileUnreadable,
+    StoredFileUnusable,
     UnknownProgram,
     UnknownUser,
-    Viewer,
-    programs_visible_to,
-    role_in,
-    viewer_for_token,
 )
-from services.catalog.bulk import ScriptFile, render_script
-from services.catalog.dataset_events import download_url
 from services.catalog.handlers.bodies import EarlyRelease, MemberGrant, TokenRequest
 from services.catalog.handlers.params import BadParameter, parse_int, parse_search
-from services.catalog.membership import MembershipRefused, grant, revoke
-from services.catalog.queries import (
-    TOKEN_ID_LENGTH,
-    FoundProduct,
-    ProductQueries,
-    TokenQueries,
-    token_id_of,
-)
-from services.catalog.releases import release_early
 from services.catalog.settings import CatalogSettings
-from services.catalog.storage import ProductVersion, ProgramStore, UserStore
+from services.catalog.storage.products import ProductVersion
+from services.catalog.storage.search import FoundProduct
+from services.catalog.storage.users import TOKEN_ID_LENGTH
 from skyport.api import catalog as api
 from skyport.api.errors import ErrorCode
 from skyport.cursor import encode_cursor
@@ -71,7 +67,6 @@ SCRIPT_MAX_FILES = 10_000
 _MAX_TOKEN = 256
 _TOKEN_ID = re.compile(rf"^[0-9a-f]{{{TOKEN_ID_LENGTH}}}$")
 _PROGRAM_WORD = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_SCRIPT_NAME = "skyport-download.sh"
 # A host as a proxy may report it (RFC 7239 host: a name or an IP address, with a port); nothing that could
 # break out of a URL's authority.
 _FORWARDED_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
@@ -85,12 +80,22 @@ def refusal(exc: Exception) -> ApiError | None:
     """The parameters' and the access rule's refusals as the API answers them."""
     if isinstance(exc, BadParameter):
         return ApiError(400, str(exc), code=exc.code, parameter=exc.parameter)
+    if isinstance(exc, NotSignedIn):
+        return ApiError(401, str(exc), headers={"WWW-Authenticate": CHALLENGE})
     if isinstance(exc, NotAllowed):
         return ApiError(403, str(exc))
+    if isinstance(exc, ProductNotFound):
+        return ApiError(404, str(exc), code=ErrorCode.NOT_FOUND)
+    if isinstance(exc, NoSuchVersion):
+        return ApiError(404, str(exc), code=ErrorCode.NOT_FOUND, current_version=exc.current_version)
     if isinstance(exc, UnknownProgram | UnknownUser):
         return ApiError(404, str(exc))
     if isinstance(exc, MembershipRefused):
         return ApiError(409, str(exc))
+    if isinstance(exc, StoredFileUnreadable):
+        return ApiError(503, str(exc))
+    if isinstance(exc, StoredFileUnusable):
+        return ApiError(500, str(exc))
     return None
 
 
@@ -206,35 +211,28 @@ class CatalogApi:
         search = parse_search(
             request.query, default_limit=SEARCH_DEFAULT_LIMIT, max_limit=SEARCH_MAX_LIMIT, nights=self.nights
         )
-        viewer = request[VIEWER]
         async with self._snapshot() as conn:
-            queries = ProductQueries(conn)
-            found = await queries.search(viewer, search.filter, after_seq=search.after_seq, limit=search.limit + 1)
-            total = await queries.count(viewer, search.filter) if search.count else None
-        page = found[: search.limit]
+            page = await products.search(
+                conn, request[VIEWER], search.filter, after_seq=search.after_seq, limit=search.limit, count=search.count
+            )
         base = self.link_base(request)
         answer = api.ProductPage(
-            products=[api.Product.model_validate(_product_fields(p, base)) for p in page],
-            next_cursor=encode_cursor(page[-1].seq if page else search.after_seq),
-            more=len(found) > search.limit,
-            total=total,
+            products=[api.Product.model_validate(_product_fields(p, base)) for p in page.products],
+            next_cursor=encode_cursor(page.next_seq),
+            more=page.more,
+            total=page.total,
         )
-        return _answer(answer, exclude={"total"} if total is None else None)
+        return _answer(answer, exclude={"total"} if page.total is None else None)
 
     async def product(self, request: web.Request) -> web.Response:
         _only(request, ())
-        archive_id = request.match_info["archive_id"]
-        viewer = request[VIEWER]
         async with self._snapshot() as conn:
-            queries = ProductQueries(conn)
-            found = await queries.product(viewer, archive_id)
-            versions = await queries.versions(viewer, archive_id) if found is not None else []
-        if found is None:
-            raise _no_product(archive_id, viewer)
+            page = await products.product_page(conn, request[VIEWER], request.match_info["archive_id"])
         base = self.link_base(request)
+        current = page.product.version
         return _answer(
             api.ProductDetail.model_validate(
-                {**_product_fields(found, base), "versions": [_version(v, found.version, base) for v in versions]}
+                {**_product_fields(page.product, base), "versions": [_version(v, current, base) for v in page.versions]}
             )
         )
 
@@ -243,20 +241,10 @@ class CatalogApi:
         archive_id = request.match_info["archive_id"]
         asked = request.query.get("version")
         version = None if asked is None else parse_int("version", asked, 1, 2**31 - 1)
-        viewer = request[VIEWER]
         async with self.db.pool.acquire() as conn:
-            found = await ProductQueries(conn).product_file(viewer, archive_id, version)
-        if found is None:
-            raise _no_product(archive_id, viewer)
-        stored = found.version
-        if stored is None:
-            raise ApiError(
-                404,
-                f"{archive_id} has no version {version}; its current version is {found.current_version}",
-                code=ErrorCode.NOT_FOUND,
-                current_version=found.current_version,
-            )
-        path = await self._stored_file(stored)
+            found = await products.download(conn, request[VIEWER], archive_id, version)
+        stored = found.stored
+        path = await products.stored_file(self.storage_dir, stored)
         if not found.public:
             cache = "private, no-store"
         elif version is not None:
@@ -291,33 +279,23 @@ class CatalogApi:
             countable=False,
             nights=self.nights,
         )
-        viewer = request[VIEWER]
         async with self._snapshot() as conn:
-            found = await ProductQueries(conn).search(
-                viewer, search.filter, after_seq=search.after_seq, limit=search.limit + 1
+            script = await products.download_script(
+                conn,
+                request[VIEWER],
+                search.filter,
+                after_seq=search.after_seq,
+                limit=search.limit,
+                link_base=self.link_base(request),
+                query=list(request.query.items()),
+                query_string=request.query_string,
             )
-        listed = found[: search.limit]
-        base = self.link_base(request)
-        next_url = None
-        if len(found) > search.limit:
-            rest = [(k, v) for k, v in request.query.items() if k != "cursor"]
-            rest.append(("cursor", encode_cursor(listed[-1].seq)))
-            next_url = f"{base}/v1/products/download-script?{urlencode(rest)}"
-        script = render_script(
-            (ScriptFile(p.archive_id, p.version, p.original_filename, p.sha256, p.size_bytes) for p in listed),
-            public_url=base,
-            search=request.query_string,
-            who=viewer.username or "an anonymous caller (public data only)",
-            generated=datetime.now(UTC),
-            script_name=_SCRIPT_NAME,
-            next_script_url=next_url,
-        )
         self.metrics.downloads.labels("script").inc()
         return web.Response(
             text=script,
             content_type="text/x-shellscript",
             headers={
-                "Content-Disposition": f'attachment; filename="{_SCRIPT_NAME}"',
+                "Content-Disposition": f'attachment; filename="{products.SCRIPT_NAME}"',
                 "Cache-Control": "private, no-store",
             },
         )
@@ -341,64 +319,51 @@ class CatalogApi:
     async def position(self, request: web.Request) -> web.Response:
         """The newest catalog position (administrators): where a reader of every change starts (the gateway)."""
         _only(request, ())
-        viewer = _user(request)
-        if not viewer.is_admin:
-            raise ApiError(403, "the catalog position is for administrators (a gateway's service account)")
         async with self._snapshot() as conn:
-            seq = await ProductQueries(conn).newest_seq()
+            seq = await products.newest_position(conn, request[VIEWER])
         return _answer(api.Position(cursor=encode_cursor(seq)))
 
     # --- people and programs ----------------------------------------------------------------------------
 
     async def me(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
-        assert viewer.username is not None
-        assert viewer.user_id is not None
+        viewer = require_user(request[VIEWER])
         async with self._snapshot() as conn:
-            user = await UserStore(conn).by_username(viewer.username)
-            programs = await programs_visible_to(conn, viewer)
-            tokens = await TokenQueries(conn).active(viewer.user_id)
-        assert user is not None  # the token was just found with its user
+            me = await users.me(conn, viewer)
         return _answer(
             api.Me(
-                username=user.username,
-                display_name=user.display_name,
-                email=user.email,
-                is_admin=user.is_admin,
-                programs=[api.ProgramRole.model_validate(asdict(m)) for m in programs],
-                tokens=[api.TokenInfo.model_validate(asdict(t)) for t in tokens],
+                username=me.user.username,
+                display_name=me.user.display_name,
+                email=me.user.email,
+                is_admin=me.user.is_admin,
+                programs=[api.ProgramRole.model_validate(asdict(m)) for m in me.programs],
+                tokens=[api.TokenInfo.model_validate(asdict(t)) for t in me.tokens],
             )
         )
 
     async def members(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
+        viewer = require_user(request[VIEWER])
         mission, propid = _program(request)
         async with self._snapshot() as conn:
-            role = await role_in(conn, viewer, mission, propid)
-            program = await ProgramStore(conn).get(mission, propid)
-            # Members see each other; to anyone else a program is answered like one that does not exist.
-            if program is None or (role is None and not viewer.is_admin):
-                raise ApiError(404, f"no program {mission}/{propid} among yours")
-            members = await ProgramStore(conn).members(mission, propid)
+            found = await programs.members(conn, viewer, mission, propid)
         return _answer(
             api.Members(
                 mission=mission,
                 propid=propid,
-                title=program.title,
-                members=[api.Member.model_validate(asdict(m)) for m in members],
+                title=found.program.title,
+                members=[api.Member.model_validate(asdict(m)) for m in found.members],
             )
         )
 
     async def grant_member(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
+        viewer = require_user(request[VIEWER])
         mission, propid = _program(request)
         username = request.match_info["username"].lower()
         role = (await json_body(request, MemberGrant)).role
         async with self.db.transaction() as conn:
-            change = await grant(conn, viewer, mission, propid, username, role)
+            change = await membership.grant(conn, viewer, mission, propid, username, role)
         return _answer(
             api.MembershipChange(
                 mission=mission, propid=propid, username=username, role=role, changed=change is not None
@@ -407,22 +372,22 @@ class CatalogApi:
 
     async def revoke_member(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
+        viewer = require_user(request[VIEWER])
         mission, propid = _program(request)
         username = request.match_info["username"].lower()
         async with self.db.transaction() as conn:
-            change = await revoke(conn, viewer, mission, propid, username)
+            change = await membership.revoke(conn, viewer, mission, propid, username)
         if change is None:
             raise ApiError(404, f"{username} is not a member of {mission}/{propid}")
         return web.Response(status=204)
 
     async def release(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
+        viewer = require_user(request[VIEWER])
         mission, propid = _program(request)
         archive_ids = (await json_body(request, EarlyRelease, required=False)).archive_ids
         async with self.db.transaction() as conn:
-            released = await release_early(
+            released = await releases.release_early(
                 conn,
                 viewer,
                 mission,
@@ -437,24 +402,19 @@ class CatalogApi:
 
     async def issue_token(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
-        assert viewer.user_id is not None
+        viewer = require_user(request[VIEWER])
         label = (await json_body(request, TokenRequest, required=False)).label
         async with self.db.transaction() as conn:
-            token = await UserStore(conn).issue_token(viewer.user_id, label)
-            issued = await TokenQueries(conn).get(viewer.user_id, token_id_of(token))
-        assert issued is not None
-        log.info("token issued", token_id=issued.token_id, label=label)
+            issued = await users.issue_own_token(conn, viewer, label)
         return _answer(
-            api.IssuedToken.model_validate({"token": token, **asdict(issued)}),
+            api.IssuedToken.model_validate({"token": issued.token, **asdict(issued.info)}),
             status=201,
             headers={"Cache-Control": "no-store"},
         )
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         _only(request, ())
-        viewer = _user(request)
-        assert viewer.user_id is not None
+        viewer = require_user(request[VIEWER])
         token_id = request.match_info["token_id"]
         if not _TOKEN_ID.match(token_id):
             raise BadParameter(
@@ -462,10 +422,9 @@ class CatalogApi:
                 f"a token id is {TOKEN_ID_LENGTH} hexadecimal digits (see GET /v1/me), not {token_id[:100]!r}",
             )
         async with self.db.transaction() as conn:
-            revoked = await TokenQueries(conn).revoke(viewer.user_id, token_id)
+            revoked = await users.revoke_own_token(conn, viewer, token_id)
         if not revoked:
             raise ApiError(404, f"you have no active token {token_id}")
-        log.info("token revoked", token_id=token_id)
         return web.Response(status=204)
 
     # --- helpers ----------------------------------------------------------------------------------------
@@ -475,31 +434,6 @@ class CatalogApi:
         """A read-only transaction whose queries all see the same moment (a page and its count, say)."""
         async with self.db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             yield conn
-
-    async def _stored_file(self, stored: ProductVersion) -> Path:
-        """The version's file in archive storage, checked against the catalog before a byte is sent."""
-        relative = PurePosixPath(stored.storage_path)
-        if relative.is_absolute() or any(part in ("", ".", "..") for part in relative.parts):
-            log.error("unsafe storage path in the catalog", archive_id=stored.archive_id, path=stored.storage_path)
-            raise ApiError(500, f"{stored.archive_id} version {stored.version} has no usable storage location")
-        path = self.storage_dir / relative
-        try:
-            size = (await asyncio.to_thread(path.stat)).st_size
-        except OSError as exc:
-            log.error("stored file unreadable", archive_id=stored.archive_id, path=str(path), error=str(exc))
-            raise ApiError(
-                503, f"{stored.archive_id} version {stored.version} is not readable in archive storage right now"
-            ) from None
-        if size != stored.size_bytes:
-            log.error(
-                "stored file differs from the catalog",
-                archive_id=stored.archive_id,
-                version=stored.version,
-                size=size,
-                catalogued_size=stored.size_bytes,
-            )
-            raise ApiError(500, f"{stored.archive_id} version {stored.version} in storage does not match the catalog")
-        return path
 
     def link_base(self, request: web.Request) -> str:
         """The address that links in an answer start with: the catalog's public URL, or the host and scheme a
@@ -543,24 +477,6 @@ def _answer(
     return web.Response(
         text=model.model_dump_json(exclude=exclude), status=status, headers=headers, content_type="application/json"
     )
-
-
-def _no_product(archive_id: str, viewer: Viewer) -> ApiError:
-    """The one answer for a product that does not exist and for one the viewer may not see."""
-    message = f"no product {archive_id}"
-    if viewer.is_anonymous:
-        message += " among public data (proprietary data need a token)"
-    return ApiError(404, message, code=ErrorCode.NOT_FOUND)
-
-
-def _user(request: web.Request) -> Viewer:
-    """The caller, who must have sent a token."""
-    viewer = request[VIEWER]
-    if viewer.is_anonymous:
-        raise ApiError(
-            401, "this endpoint needs a token: Authorization: Bearer <token>", headers={"WWW-Authenticate": CHALLENGE}
-        )
-    return viewer
 
 
 def _program(request: web.Request) -> tuple[str, str]:

@@ -28,8 +28,8 @@ from multidict import MultiMapping
 
 import skyport.cursor
 from services.catalog.cataloguing import to_mjd
-from services.catalog.queries import ProductFilter, Tonight
 from services.catalog.sky import Cone, cone
+from services.catalog.storage.search import ProductFilter, Tonight
 from skyport.api.errors import ErrorCode
 from skyport.cursor import BadCursor
 from skyport.nights import Nights

@@ -1,8 +1,9 @@
-"""The catalog API's read queries: product search in catalog order, product pages, files, and API tokens.
+"""Products as one viewer may read them: search in catalog order, counts, product pages, versions and files.
 
 Every query on ``products`` includes :func:`services.catalog.access.visible_condition`, so that the access rule
-stays in one place: a product the viewer may not see is never returned, counted or served, and is reported
-exactly like one that does not exist (``None``). Store classes take a connection and never commit.
+stays in one place (the access module writes the condition, this module only places it): a product the viewer
+may not see is never returned, counted or served, and is reported exactly like one that does not exist
+(``None``). Store classes take a connection and never commit.
 """
 
 from __future__ import annotations
@@ -16,21 +17,8 @@ import asyncpg
 
 from services.catalog.access import Viewer, visible_condition
 from services.catalog.sky import Cone
-from services.catalog.storage import Params, ProductVersion, check_alias, cone_condition
-from skyport.http import hash_token
-
-TOKEN_ID_LENGTH = 16
-"""A token's id is this many leading hex digits of its sha256: it names the token and cannot be used as one."""
-
-
-def escape_like(text: str) -> str:
-    """``text`` with the LIKE wildcards (and the escape character, backslash) matching only themselves."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def glob_to_like(pattern: str) -> str:
-    """A file-name glob (``*`` any run of characters, ``?`` any one) as a LIKE pattern; nothing else is special."""
-    return escape_like(pattern).replace("*", "%").replace("?", "_")
+from services.catalog.storage.products import ProductVersion
+from services.catalog.storage.sql import Params, check_alias, cone_condition, escape_like, glob_to_like
 
 
 @dataclass(frozen=True)
@@ -253,51 +241,3 @@ class ProductQueries:
 
 _VERSION_FIELDS = ", ".join(f"v.{f.name}" for f in fields(ProductVersion))
 _VERSION_COLUMNS = ", ".join(f"v.{f.name} AS v_{f.name}" for f in fields(ProductVersion))
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """An API token as its owner sees it: its id and label, never the token."""
-
-    token_id: str
-    label: str
-    created_at: datetime
-
-
-def token_id_of(token: str) -> str:
-    return hash_token(token)[:TOKEN_ID_LENGTH]
-
-
-class TokenQueries:
-    """A user's own API tokens."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-
-    async def active(self, user_id: int) -> list[TokenInfo]:
-        """The user's tokens that are not revoked, oldest first."""
-        rows = await self.conn.fetch(
-            f"SELECT left(token_sha256, {TOKEN_ID_LENGTH}) AS token_id, label, created_at FROM api_tokens "
-            "WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, token_sha256",
-            user_id,
-        )
-        return [TokenInfo(**dict(row)) for row in rows]
-
-    async def get(self, user_id: int, token_id: str) -> TokenInfo | None:
-        row = await self.conn.fetchrow(
-            f"SELECT left(token_sha256, {TOKEN_ID_LENGTH}) AS token_id, label, created_at FROM api_tokens "
-            f"WHERE user_id = $1 AND left(token_sha256, {TOKEN_ID_LENGTH}) = $2",
-            user_id,
-            token_id,
-        )
-        return None if row is None else TokenInfo(**dict(row))
-
-    async def revoke(self, user_id: int, token_id: str) -> bool:
-        """Revoke one of the user's tokens by its id; False if the user has no such active token."""
-        result: str = await self.conn.execute(
-            "UPDATE api_tokens SET revoked_at = now() "
-            f"WHERE user_id = $1 AND left(token_sha256, {TOKEN_ID_LENGTH}) = $2 AND revoked_at IS NULL",
-            user_id,
-            token_id,
-        )
-        return not result.endswith(" 0")
