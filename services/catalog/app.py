@@ -70,7 +70,7 @@ async def lifespan(ctx: ServiceContext[CatalogSettings]) -> AsyncIterator[None]:
         max_files_per_event=settings.public_event_max_files,
         registry=ctx.metrics.registry,
     )
-    ctx.spawn(scheduler.run(), "release scheduler")
+    ctx.supervise("release scheduler", scheduler.run)
 
     api = CatalogApi(ctx.database, settings, ctx.metrics.registry, nights=nights)
     async with ctx.serve_http(api.app(), settings.catalog_host, settings.catalog_port, api="catalog"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import socket
@@ -27,20 +28,15 @@ BINDINGS = ("dataset.#", "access.changed.#")
 @asynccontextmanager
 async def lifespan(ctx: ServiceContext[GatewaySettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    if settings.gateway_catalog_token is None:
-        raise RuntimeError(
-            "SKYPORT_GATEWAY_CATALOG_TOKEN is not set: the gateway needs an administrator's catalog token "
-            "(skyport catalog add-user gateway --admin; skyport catalog issue-token gateway)"
-        )
     metrics = GatewayMetrics(ctx.metrics.registry)
     timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         client = CatalogClient(session, settings.gateway_catalog_url, settings.gateway_catalog_token.get_secret_value())
         hub = Hub(client, metrics)
         feed = CatalogFeed(client, hub, poll_interval=settings.gateway_poll_interval)
-        ctx.spawn(feed.run(), "catalog feed")
-        ctx.spawn(_heartbeats(hub, settings.gateway_heartbeat), "heartbeats")
-        ctx.spawn(_rechecks(hub, settings.gateway_recheck_interval), "token rechecks")
+        ctx.supervise("catalog feed", feed.run)
+        ctx.supervise("heartbeats", functools.partial(_heartbeats, hub, settings.gateway_heartbeat))
+        ctx.supervise("token rechecks", functools.partial(_rechecks, hub, settings.gateway_recheck_interval))
         ctx.readiness_checks["catalog feed"] = _following(feed)
         # Every gateway needs every event (they are wake-ups, not work to share), hence a queue per instance.
         await ctx.subscribe(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from skyport.settings import CommonSettings
+from skyport.settings import CommonSettings, required_secret
 
 
 class GatewaySettings(CommonSettings):
@@ -19,10 +19,9 @@ class GatewaySettings(CommonSettings):
     gateway_catalog_url: str = Field(
         default="http://localhost:8082", description="The catalog API as the gateway reaches it."
     )
-    gateway_catalog_token: SecretStr | None = Field(
-        default=None,
-        description="An administrator's catalog token (`skyport catalog issue-token`), with which the gateway "
-        "follows every change in the catalog order. Required.",
+    gateway_catalog_token: SecretStr = Field(
+        description="An administrator's catalog token, with which the gateway follows every change in the catalog "
+        "order (skyport catalog add-user gateway --admin; skyport catalog issue-token gateway). Required.",
     )
     gateway_ticket_ttl: float = Field(
         default=30.0, gt=0, le=600, description="Seconds a ticket (single-use browser credential) stays valid."
@@ -48,6 +47,8 @@ class GatewaySettings(CommonSettings):
         description="Seconds between looks at the catalog when no dataset event came (a safety net: events wake "
         "the gateway at once).",
     )
+
+    _catalog_token = field_validator("gateway_catalog_token")(required_secret)
 
     @field_validator("gateway_catalog_url", "gateway_public_url")
     @classmethod

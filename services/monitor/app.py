@@ -19,14 +19,14 @@ from skyport.runtime import ServiceContext, ServiceSpec
 @asynccontextmanager
 async def lifespan(ctx: ServiceContext[MonitorSettings]) -> AsyncIterator[None]:
     settings = ctx.settings
-    if not settings.site_token.get_secret_value():
-        ctx.log.warning("no site credential (SKYPORT_SITE_TOKEN): the archive will refuse uploads")
     instruments = await asyncio.to_thread(load_instruments, settings.instruments_dir)
     journal = await Journal.open(settings.journal_path)
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         client = ArchiveClient(settings.receiver_url, settings.site_token.get_secret_value(), session)
-        monitor = Monitor(settings, instruments, journal, client, MonitorMetrics(ctx.metrics.registry))
+        monitor = Monitor(
+            settings, instruments, journal, client, MonitorMetrics(ctx.metrics.registry), supervisor=ctx.supervisor
+        )
 
         async def journal_ok() -> bool:
             try:
@@ -36,7 +36,6 @@ async def lifespan(ctx: ServiceContext[MonitorSettings]) -> AsyncIterator[None]:
             return True
 
         ctx.readiness_checks["journal"] = journal_ok
-        ctx.readiness_checks["loops"] = monitor.loops_ready
         ctx.on_stop(monitor.stop)
         await monitor.start()
         ctx.log.info("watching", root=str(settings.watch_root), instruments=len(instruments.instruments))

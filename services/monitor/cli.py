@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.monitor.journal import FileState, Journal, JournalMissing
-from services.monitor.settings import MonitorSettings
+from services.monitor.settings import MonitorJournalSettings
 
 _T = TypeVar("_T")
 
@@ -40,7 +40,7 @@ def add_commands(commands: Any) -> None:
     closed.set_defaults(func=_closed)
 
 
-def _with_journal(settings: MonitorSettings, use: Callable[[Journal], Awaitable[_T]]) -> _T | None:
+def _with_journal(settings: MonitorJournalSettings, use: Callable[[Journal], Awaitable[_T]]) -> _T | None:
     """Run ``use`` on the existing journal; None (after one line on stderr) when there is none: never create one."""
 
     async def main() -> _T:
@@ -58,7 +58,7 @@ def _with_journal(settings: MonitorSettings, use: Callable[[Journal], Awaitable[
 
 
 def _status(args: argparse.Namespace) -> int:
-    settings = MonitorSettings()
+    settings = MonitorJournalSettings()
 
     async def main(journal: Journal) -> dict[str, Any]:
         counts = await journal.counts()
@@ -108,7 +108,7 @@ def _retry(args: argparse.Namespace) -> int:
     if not args.paths and not states:
         print("skyport monitor retry: name files, or --failed / --invalid")
         return 2
-    settings = MonitorSettings()
+    settings = MonitorJournalSettings()
     count = _with_journal(settings, lambda journal: journal.reset(args.paths, states))
     if count is None:
         return 1
@@ -117,7 +117,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _closed(args: argparse.Namespace) -> int:
-    settings = MonitorSettings()
+    settings = MonitorJournalSettings()
     root = settings.watch_root.resolve()
     files: list[tuple[str, int, int]] = []
     for given in args.paths:

@@ -24,6 +24,7 @@ from services.monitor.settings import MonitorSettings
 from skyport.events import ReplacedContent
 from skyport.fits import InvalidFile, sha256_file
 from skyport.instruments import InstrumentCatalog
+from skyport.runtime import Supervisor
 from skyport.transfer import Manifest, TransferState
 
 log = structlog.get_logger("skyport.monitor")
@@ -34,9 +35,6 @@ _EXPLICIT_RULES = ("rename", "marker", "signal")
 _LOOK_INTERVAL = 0.25
 # A wait only time ends is noted in the journal (shown by `skyport monitor status`) after this long.
 _NOTE_WAIT_AFTER = 10.0
-# A loop that dies this many times without a quiet minute in between makes the monitor not ready.
-_LOOP_FAILURES_UNREADY = 3
-_LOOP_HEALTHY_AFTER = 60.0
 # How many earlier contents of one file a manifest names for the archive to replace (Manifest.replaces).
 _REPLACES_KEPT = 16
 _REPLACES = TypeAdapter(list[ReplacedContent])
@@ -82,8 +80,11 @@ class Monitor:
         journal: Journal,
         client: ArchiveClient,
         metrics: MonitorMetrics,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.settings = settings
+        # The runtime's supervisor (the service's readiness reads it); a monitor run alone, in tests, makes its own.
+        self.supervisor = supervisor or Supervisor("monitor", log=log)
         self.root = settings.watch_root.resolve()  # watchfiles reports absolute paths
         self.instruments = instruments
         self.naming = Naming(instruments)
@@ -97,9 +98,7 @@ class Monitor:
         self._folders_scanned: set[str] = set()  # folders walked when inotify reported them
         self._active: set[str] = set()
         self._work: set[asyncio.Task[None]] = set()
-        self._loops: list[asyncio.Task[None]] = []
-        self._loop_failures: dict[str, int] = {}  # consecutive deaths of each loop
-        self._loop_started: dict[str, float] = {}  # monotonic time each loop was last (re)started
+        self._loops: list[str] = []
         self._last_signal = 0
         self._dep = asyncio.Semaphore(settings.dep_concurrency)
         self._uploads = asyncio.Semaphore(settings.upload_concurrency)
@@ -116,52 +115,18 @@ class Monitor:
             ("follow", self._follow),
         )
         for name, loop in loops:
-            self._loops.append(asyncio.create_task(self._supervise(name, loop), name=f"monitor {name}"))
+            self.supervisor.supervise(name, loop)
+            self._loops.append(name)
 
     async def stop(self, timeout: float) -> None:
         """Stop noticing and starting work; give work in flight ``timeout`` seconds; the journal keeps the rest."""
         self._stopping.set()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.supervisor.stop(self._loops)
         if self._work:
             _, pending = await asyncio.wait(self._work, timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-
-    async def loops_ready(self) -> bool:
-        """False while a loop keeps dying (for readiness): files would be missed or never sent.
-
-        A loop that has died again and again is ready again once it has run for a minute since its last restart.
-        """
-        now = time.monotonic()
-        return not any(
-            failures >= _LOOP_FAILURES_UNREADY and now - self._loop_started.get(name, now) < _LOOP_HEALTHY_AFTER
-            for name, failures in self._loop_failures.items()
-        )
-
-    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run one long-lived loop for ever: a loop that dies is logged loudly and restarted, with back-off."""
-        failures = 0
-        while not self._stopping.is_set():
-            started = self._loop_started[name] = time.monotonic()
-            try:
-                await loop()
-                if self._stopping.is_set():
-                    return
-                log.error("monitor loop ended by itself, restarting it", loop=name)
-            except Exception:
-                log.exception("monitor loop died, restarting it", loop=name, failures=failures + 1)
-            if time.monotonic() - started > _LOOP_HEALTHY_AFTER:
-                failures = 0  # it ran well for a while: this is a new fault, not the same one again
-            failures += 1
-            self._loop_failures[name] = failures
-            if failures == _LOOP_FAILURES_UNREADY:
-                log.critical("monitor loop keeps dying: not ready", loop=name, failures=failures)
-            delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
 
     # --- noticing files -----------------------------------------------------------------------------
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from skyport.settings import CommonSettings
+from skyport.settings import CommonSettings, required_secret
 
 
-class MonitorSettings(CommonSettings):
+class MonitorJournalSettings(CommonSettings):
+    """What the monitor's commands (``skyport monitor status``, ``retry``, ``closed``) need: the watched tree and
+    the journal, not the archive's address or credential."""
+
     watch_root: Path = Field(
         default=Path("var/observatory"),
         description="The instruments' output tree; the instrument configurations name folders below it.",
@@ -21,9 +24,14 @@ class MonitorSettings(CommonSettings):
         default=Path("var/monitor/journal.sqlite3"),
         description="The monitor's journal (SQLite on local disk): every file from detection to ingestion.",
     )
-    receiver_url: str = Field(default="http://localhost:8081", description="The archive's transfer API.")
+
+
+class MonitorSettings(MonitorJournalSettings):
+    receiver_url: str = Field(
+        description="The archive's transfer API (the receiver), e.g. https://archive.example.org:8081. Required."
+    )
     site_token: SecretStr = Field(
-        default=SecretStr(""), description="This site's credential for the transfer API (`skyport receiver add-site`)."
+        description="This site's credential for the transfer API (skyport receiver add-site <site>). Required."
     )
     shared_filesystem: bool = Field(
         default=False,
@@ -43,3 +51,12 @@ class MonitorSettings(CommonSettings):
     )
     follow_interval: float = Field(default=0.5, gt=0, description="Seconds between status checks of uploaded files.")
     max_retry_delay: float = Field(default=60.0, gt=0, description="Longest back-off between two attempts.")
+
+    _site_token = field_validator("site_token")(required_secret)
+
+    @field_validator("receiver_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, not {value!r}")
+        return value.rstrip("/")

@@ -37,4 +37,4 @@ async def test_files_written_while_the_monitor_was_down_are_all_found_past_a_cor
     (problem,) = (await flow.monitor_status())["problems"]
     assert problem["path"] == bad.relative_path
     assert "NEXTEND card cannot be parsed" in problem["reason"]
-    assert monitor.logged("monitor loop died, restarting it") == []
+    assert monitor.logged("loop died; restarting it") == []

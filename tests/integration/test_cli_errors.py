@@ -66,3 +66,31 @@ def test_a_refused_broker_login_is_said_in_one_line() -> None:
 
     assert_one_line(result, "RabbitMQ", host.rstrip("/"))
     assert "ACCESS_REFUSED" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [("gateway", "SKYPORT_GATEWAY_CATALOG_TOKEN"), ("monitor", "SKYPORT_SITE_TOKEN")],
+)
+def test_a_missing_required_setting_is_said_in_one_line_before_anything_is_opened(
+    service: str, variable: str, closed_port: int
+) -> None:
+    environment = {k: v for k, v in os.environ.items() if k not in (variable, "SKYPORT_RECEIVER_URL")}
+    env = {
+        **environment,
+        "SKYPORT_LOG_FORMAT": "json",
+        # Were the settings read after the broker was opened, this would be the line instead.
+        "SKYPORT_BUS_URL": f"amqp://guest:secret@127.0.0.1:{closed_port}/",
+        "SKYPORT_HEALTH_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "skyport", "run", service],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+    assert_one_line(result, variable, "Field required")
+    assert "RabbitMQ" not in result.stderr

@@ -116,6 +116,8 @@ async def observatory(
         "rescan_interval": 2.0,
         "follow_interval": 0.2,
         "max_retry_delay": 1.0,
+        "receiver_url": "http://archive.invalid",  # the fake archive takes the files; nothing is sent
+        "site_token": "observatory-test",
         **settings,
     }
     monitor_settings = MonitorSettings(**values)  # type: ignore[arg-type]

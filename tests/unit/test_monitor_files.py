@@ -127,7 +127,7 @@ async def test_a_loop_that_keeps_dying_is_restarted_and_fails_readiness(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with observatory(tmp_path, rescan_interval=0.2) as site:
-        assert await site.monitor.loops_ready()
+        assert await site.monitor.supervisor.ready()
         real_known = site.journal.known
         deaths = 0
 
@@ -140,7 +140,7 @@ async def test_a_loop_that_keeps_dying_is_restarted_and_fails_readiness(
         await eventually(lambda: deaths >= 3, timeout=15, what="the rescan loop restarted after dying")
 
         async def unready() -> bool:
-            return not await site.monitor.loops_ready()
+            return not await site.monitor.supervisor.ready()
 
         await eventually(unready, what="readiness to fail")
         monkeypatch.setattr(site.journal, "known", real_known)

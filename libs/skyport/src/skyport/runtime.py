@@ -4,9 +4,13 @@ A service is described by a :class:`ServiceSpec`. :func:`run_services` runs one 
 process (``skyport run catalog ingestor``): they share the bus connection and the metrics registry, and
 each gets its own database pool on its own schema. The order is fixed:
 
-start:     logging → bus → per service: database (schema checked) → its lifespan → health server
+start:     settings (all of them, before anything is opened) → logging → bus → per service: database (schema
+           checked) → its lifespan → health server
 SIGTERM:   stop consuming (in-flight handlers get ``shutdown_timeout`` seconds, then return their messages
            unacknowledged) → health server → lifespans in reverse → background tasks → pools → bus
+
+A service's long-lived loops run under one :class:`Supervisor` (``ctx.supervise``): a loop that dies is logged
+and restarted with back-off, and one that keeps dying makes the service not ready.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -50,6 +55,13 @@ SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 STILL_STOPPING_EVERY = 5.0
 # Beyond the shutdown timeout, how long a stop hook may take to give up its work in flight before it is abandoned.
 STOP_GRACE = 5.0
+# A supervised loop that dies this many times, each time within LOOP_HEALTHY_AFTER seconds of its restart, makes
+# its service not ready: it is restarted still, but what it does (notice files, release data) is not being done.
+LOOP_DEATHS_UNREADY = 3
+LOOP_HEALTHY_AFTER = 60.0
+# The back-off between two runs of a loop that died: doubling from LOOP_FIRST_DELAY, at most LOOP_MAX_DELAY.
+LOOP_FIRST_DELAY = 1.0
+LOOP_MAX_DELAY = 30.0
 
 
 class ShutdownProgress:
@@ -139,6 +151,106 @@ def _ignoring_cancellation() -> list[str]:
     ]
 
 
+@dataclass
+class _Loop:
+    """One supervised loop: its task, and how it has fared since its last healthy run."""
+
+    task: asyncio.Task[None]
+    stopping: asyncio.Event
+    started: float = 0.0  # monotonic time of its last (re)start
+    deaths: int = 0  # deaths in a row, each soon after its restart
+
+
+class Supervisor:
+    """A service's long-lived loops, each restarted when it dies, and whether they are all working.
+
+    A loop that raises, or returns while it is not told to stop, is logged at error and run again after a back-off
+    (``first_delay`` doubling up to ``max_delay``, with jitter). After ``unready_after`` deaths in a row, each
+    within ``healthy_after`` seconds of its restart, it is said at critical and :meth:`ready` is false until it
+    has run ``healthy_after`` seconds since its last restart: a loop that dies once an hour is a fault to log,
+    one that cannot run at all is a service that does not do its work.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        log: structlog.stdlib.BoundLogger | None = None,
+        unready_after: int | None = None,
+        healthy_after: float | None = None,
+        first_delay: float | None = None,
+        max_delay: float | None = None,
+    ) -> None:
+        self.service = service
+        self.log = log or structlog.get_logger("skyport.runtime").bind(service=service)
+        # The module's constants, read now rather than when this was defined, so that a test can make them short.
+        self.unready_after = unready_after or LOOP_DEATHS_UNREADY
+        self.healthy_after = healthy_after or LOOP_HEALTHY_AFTER
+        self.first_delay = first_delay or LOOP_FIRST_DELAY
+        self.max_delay = max_delay or LOOP_MAX_DELAY
+        self._loops: dict[str, _Loop] = {}
+
+    def supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``loop()`` until :meth:`stop`, again each time it dies; ``loop`` is called anew for every run."""
+        if name in self._loops and not self._loops[name].task.done():
+            raise ValueError(f"{self.service}: a loop named {name!r} already runs")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(self._run(name, loop, stopping), name=f"{self.service}: {name}")
+        self._loops[name] = _Loop(task, stopping, started=time.monotonic())
+        return task
+
+    def failing(self) -> list[str]:
+        """The loops that keep dying: ``unready_after`` deaths in a row and no healthy run since."""
+        now = time.monotonic()
+        return [
+            name
+            for name, loop in self._loops.items()
+            if not loop.task.done() and loop.deaths >= self.unready_after and now - loop.started < self.healthy_after
+        ]
+
+    async def ready(self) -> bool:
+        """For readiness: false while a loop keeps dying."""
+        return not self.failing()
+
+    async def stop(self, names: Iterable[str] | None = None) -> None:
+        """Stop the loops named (default: all of them) and wait until they have ended."""
+        loops = list(self._loops.values()) if names is None else [self._loops[n] for n in names if n in self._loops]
+        for loop in loops:
+            # Set before the cancel: on Python 3.11, asyncio.wait_for can swallow a cancellation that arrives as
+            # its inner wait completes (CPython gh-86296); the run ends on ``stopping`` all the same.
+            loop.stopping.set()
+            loop.task.cancel()
+        await asyncio.gather(*(loop.task for loop in loops), return_exceptions=True)
+
+    async def _run(self, name: str, loop: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            state = self._loops[name]
+            state.started = time.monotonic()
+            error: Exception | None = None
+            try:
+                await loop()
+            except Exception as exc:
+                error = exc
+            if stopping.is_set():
+                return  # told to stop (and maybe ended by what the stop closed under it): not a fault
+            if time.monotonic() - state.started > self.healthy_after:
+                state.deaths = 0  # it ran well for a while: this is a new fault, not the same one again
+            state.deaths += 1
+            delay = min(self.max_delay, self.first_delay * 2 ** min(state.deaths - 1, 16)) * random.uniform(0.8, 1.2)
+            if error is None:
+                self.log.error(
+                    "loop ended by itself; restarting it", loop=name, deaths=state.deaths, retry_in=round(delay, 1)
+                )
+            else:
+                self.log.error(
+                    "loop died; restarting it", loop=name, deaths=state.deaths, retry_in=round(delay, 1), exc_info=error
+                )
+            if state.deaths == self.unready_after:
+                self.log.critical("loop keeps dying; not ready", loop=name, deaths=state.deaths)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+
+
 @dataclass(frozen=True)
 class ServiceSpec(Generic[SettingsT]):
     """What the runtime needs to know to run a service; generic over its settings class, so its lifespan gets
@@ -172,7 +284,13 @@ class ServiceContext(Generic[SettingsT]):
     readiness_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     stop_hooks: list[Callable[[float], Awaitable[None]]] = field(default_factory=list)
     shutdown: ShutdownProgress = field(default_factory=ShutdownProgress)
+    supervisor: Supervisor = field(init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.name, log=self.log)
+        # Every service says whether its loops work, even one with none yet: readiness reads the same everywhere.
+        self.readiness_checks["loops"] = self.supervisor.ready
 
     @property
     def bus(self) -> Bus:
@@ -198,8 +316,14 @@ class ServiceContext(Generic[SettingsT]):
         """Consume a queue; the subscription is labelled with this service in the metrics."""
         await self.bus.subscribe(replace(subscription, service=self.name))
 
+    def supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run the long-lived loop ``loop()`` for the life of the service under its :class:`Supervisor`: restarted
+        with back-off when it dies, and the service not ready while it keeps dying."""
+        return self.supervisor.supervise(name, loop)
+
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run a background task for the life of the service; a crash in it is logged, then stops the process."""
+        """Run a background task that must not fail for the life of the service; a crash in it is logged, then
+        stops the process. Long-lived loops, which are worth restarting, run under :meth:`supervise` instead."""
         task = asyncio.create_task(coro, name=f"{self.name}: {name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -246,10 +370,11 @@ class ServiceContext(Generic[SettingsT]):
 
     def start_outbox_relay(self) -> OutboxRelay:
         relay = OutboxRelay(self.database, self.bus, metrics=self.metrics, service=self.name)
-        self.spawn(relay.run(), "outbox relay")
+        self.supervise("outbox relay", relay.run)
         return relay
 
     async def cancel_tasks(self) -> None:
+        await self.supervisor.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -333,17 +458,21 @@ async def run_services(
     *,
     stop: asyncio.Event | None = None,
     settings: Mapping[str, CommonSettings] | None = None,
+    common: CommonSettings | None = None,
 ) -> None:
     """Run ``specs`` in this process until SIGTERM/SIGINT (or ``stop`` is set), then shut down in order.
 
-    ``settings`` gives a service its settings by name (a composition such as the demo or a test passes them in);
-    the others read theirs from the environment, and one that is missing or wrong stops the start with
-    :class:`~skyport.settings.SettingsError` naming the variable.
+    ``settings`` gives a service its settings by name, and ``common`` the process's own (bus, logging, health
+    server, shutdown timeout): a composition such as the demo or a test passes them in and leaves the environment
+    alone. What is not passed in is read from the environment, every service's before anything is opened, and a
+    setting that is missing or wrong stops the start with :class:`~skyport.settings.SettingsError` naming its
+    variable.
     """
     global _stop_event
     if not specs:
         raise ValueError("no service to run")
-    common = load_settings(CommonSettings)
+    common = common or load_settings(CommonSettings)
+    chosen = _settings_of(specs, settings or {})
     configure_logging(common.log_format, common.log_level)
     configure_schema_base(common.schema_base_uri)
     stop = stop or asyncio.Event()
@@ -353,7 +482,7 @@ async def run_services(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await _run(specs, common, stop, settings or {})
+        await _run(specs, common, stop, chosen)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -361,11 +490,25 @@ async def run_services(
         _stop_event = None
 
 
+def _settings_of(specs: Sequence[ServiceSpec[Any]], given: Mapping[str, CommonSettings]) -> dict[str, CommonSettings]:
+    """Each service's settings, given or read from the environment; every problem of every service in one error."""
+    chosen: dict[str, CommonSettings] = {}
+    problems: list[str] = []
+    for spec in specs:
+        try:
+            chosen[spec.name] = given.get(spec.name) or load_settings(spec.settings_class)
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return chosen
+
+
 async def _run(
     specs: Sequence[ServiceSpec[Any]],
     common: CommonSettings,
     stop: asyncio.Event,
-    given: Mapping[str, CommonSettings],
+    chosen: Mapping[str, CommonSettings],
 ) -> None:
     names = [spec.name for spec in specs]
     registry = CollectorRegistry()
@@ -384,7 +527,7 @@ async def _run(
         databases: list[Database] = []
         contexts: list[ServiceContext[Any]] = []
         for spec in specs:
-            settings = given.get(spec.name) or load_settings(spec.settings_class)
+            settings = chosen[spec.name]
             ctx = ServiceContext(
                 spec.name,
                 settings,
@@ -400,7 +543,7 @@ async def _run(
                 databases.append(ctx.db)
             stack.push_async_callback(shutdown.run, f"{spec.name}: background tasks", ctx.cancel_tasks)
             if ctx.db is not None:
-                ctx.spawn(_forget_old_events(ctx.db), "forget old event ids")
+                ctx.supervise("forget old event ids", functools.partial(_forget_old_events, ctx.db))
             await _enter_lifespan(stack, shutdown, spec.name, spec.lifespan(ctx))
             log.info("service started", service=spec.name)
         checks = {f"{ctx.name}:{name}": check for ctx in contexts for name, check in ctx.readiness_checks.items()}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from skyport.events.envelope import DEFAULT_SCHEMA_BASE, check_schema_base
 
@@ -74,14 +75,45 @@ class SettingsError(ValueError):
     """A setting that is missing or wrong, said in one line per variable; the operator's to fix, not a bug."""
 
 
-def load_settings(settings_class: type[SettingsT]) -> SettingsT:
-    """``settings_class`` read from the environment; :class:`SettingsError` names each variable at fault."""
+def load_settings(
+    settings_class: type[SettingsT],
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> SettingsT:
+    """``settings_class`` read from the environment; :class:`SettingsError` names each variable at fault.
+
+    A composition such as the demo chooses its own values without writing into ``os.environ``: ``defaults`` (by
+    field name) take the place of the class's defaults, so what the caller set in the environment still wins;
+    ``overrides`` win even over the environment (what the composition made itself, such as a fresh credential).
+    pydantic-settings ranks arguments above the environment, hence the environment is read first here and laid
+    over ``defaults``.
+    """
+    values: dict[str, Any] = {}
+    if defaults or overrides:
+        unknown = sorted((set(defaults or {}) | set(overrides or {})) - set(settings_class.model_fields))
+        if unknown:
+            raise ValueError(f"{settings_class.__name__} has no setting {', '.join(unknown)}")
+        values = {**(defaults or {}), **EnvSettingsSource(settings_class)(), **(overrides or {})}
     try:
-        return settings_class()
+        return settings_class(**values)
     except ValidationError as exc:
         prefix = str(settings_class.model_config.get("env_prefix") or "")
         problems = []
         for error in exc.errors():
-            name = (prefix + "_".join(str(part) for part in error["loc"][:1])).upper() or "(settings)"
-            problems.append(f"{name}: {error['msg']}")
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = (prefix + field).upper() if field else "(settings)"
+            problem = f"{name}: {error['msg']}"
+            described = settings_class.model_fields.get(field)
+            if error["type"] == "missing" and described is not None and described.description:
+                what = described.description.removesuffix("Required.").strip().rstrip(".")
+                problem += f" ({what})"  # what to set it to
+            problems.append(problem)
         raise SettingsError(f"{settings_class.__name__}: " + "; ".join(problems)) from None
+
+
+def required_secret(value: SecretStr) -> SecretStr:
+    """For a field validator: a credential that is required is not the empty string (``${TOKEN:-}`` in compose)."""
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
