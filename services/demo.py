@@ -6,7 +6,10 @@ in-process bus and an embedded PostgreSQL kept under ``var/demo`` (nothing to in
 program with a PI and a collaborator-to-be, prints the observer page's address and their sign-in tokens,
 writes a simulated night of FITS files into the monitor's folders, and shows progress until Ctrl-C.
 
-This module composes services; it is not one (no service imports it).
+This module composes services; it is not one (no service imports it). It builds each service's settings and
+passes them to the runtime; it never writes into ``os.environ``. Its values are defaults: a ``SKYPORT_*``
+variable the caller set wins (:func:`skyport.settings.load_settings`), except the credentials the demo makes
+itself at each start (the site's and the gateway's), which only it can know.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import sys
@@ -22,10 +24,17 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 
 from services.catalog import cli as catalog
+from services.catalog.settings import CatalogSettings
+from services.gateway.settings import GatewaySettings
+from services.ingestor.settings import IngestorSettings
+from services.monitor.settings import MonitorSettings
+from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import SiteStore
 from skyport.cli import load_service
 from skyport.db import Database
@@ -33,7 +42,7 @@ from skyport.errors import Unreachable
 from skyport.instruments import load_instruments
 from skyport.logging import configure_logging
 from skyport.runtime import migrate, run_services
-from skyport.settings import CommonSettings
+from skyport.settings import CommonSettings, SettingsError, load_settings
 from skyport.simulator import Simulator
 from skyport.simulator.cli import parse_size
 
@@ -73,53 +82,110 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _configure(home: Path, port: int) -> None:
-    """The environment every service reads its settings from; what the caller set wins."""
-    defaults = {
-        "SKYPORT_BUS_URL": "memory://",
-        "SKYPORT_DATABASE_URL": f"embedded://{(home / 'postgres').resolve()}",
-        "SKYPORT_MIGRATE_ON_START": "true",
-        "SKYPORT_LOG_FORMAT": "console",
-        "SKYPORT_LOG_LEVEL": "WARNING",
-        "SKYPORT_HEALTH_PORT": "0",
-        "SKYPORT_WATCH_ROOT": str(home / "observatory"),
-        "SKYPORT_JOURNAL_PATH": str(home / "monitor" / "journal.sqlite3"),
-        "SKYPORT_INSTRUMENTS_DIR": str(REPO / "deploy" / "instruments"),
-        "SKYPORT_STAGING_DIR": str(home / "staging"),
-        "SKYPORT_STORAGE_DIR": str(home / "archive"),
-        "SKYPORT_RECEIVER_HOST": "127.0.0.1",
-        "SKYPORT_RECEIVER_PORT": "8081",
-        "SKYPORT_CATALOG_HOST": "127.0.0.1",
-        "SKYPORT_CATALOG_PORT": "8082",
-        "SKYPORT_GATEWAY_HOST": "127.0.0.1",
-        "SKYPORT_GATEWAY_PORT": str(port),
-        "SKYPORT_GATEWAY_HEARTBEAT": "5",
-        "SKYPORT_GATEWAY_POLL_INTERVAL": "2",
+def common_settings(home: Path) -> CommonSettings:
+    """The process's own settings (bus, database, logging, health server): the demo's, unless the caller set them."""
+    return load_settings(CommonSettings, _common_defaults(home))
+
+
+def _common_defaults(home: Path) -> dict[str, Any]:
+    return {
+        "bus_url": "memory://",
+        "database_url": f"embedded://{(home / 'postgres').resolve()}",
+        "migrate_on_start": True,
+        "log_format": "console",
+        "log_level": "WARNING",
+        "health_port": 0,
     }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("SKYPORT_RECEIVER_URL", f"http://127.0.0.1:{os.environ['SKYPORT_RECEIVER_PORT']}")
-    os.environ.setdefault("SKYPORT_CATALOG_PUBLIC_URL", f"http://127.0.0.1:{os.environ['SKYPORT_CATALOG_PORT']}")
-    os.environ.setdefault("SKYPORT_GATEWAY_CATALOG_URL", os.environ["SKYPORT_CATALOG_PUBLIC_URL"])
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Each service's settings in the demo."""
+
+    receiver: ReceiverSettings
+    ingestor: IngestorSettings
+    catalog: CatalogSettings
+    gateway: GatewaySettings
+    monitor: MonitorSettings
+
+    def by_name(self) -> dict[str, CommonSettings]:
+        """As :func:`skyport.runtime.run_services` takes them."""
+        return {name: getattr(self, name) for name in SERVICES}
+
+
+def service_settings(home: Path, port: int, *, site_token: str, gateway_token: str) -> ServiceSettings:
+    """Each service's settings, by name: the demo's values where the environment sets nothing, and the
+    credentials made at this start (``site_token``, ``gateway_token``) whatever the environment says."""
+    common = _common_defaults(home)
+    instruments = REPO / "deploy" / "instruments"
+    receiver = load_settings(
+        ReceiverSettings,
+        {**common, "staging_dir": home / "staging", "receiver_host": "127.0.0.1", "receiver_port": 8081},
+    )
+    ingestor = load_settings(
+        IngestorSettings,
+        {**common, "staging_dir": home / "staging", "storage_dir": home / "archive", "instruments_dir": instruments},
+    )
+    catalog_defaults = {
+        **common,
+        "storage_dir": home / "archive",
+        "instruments_dir": instruments,
+        "catalog_host": "127.0.0.1",
+        "catalog_port": 8082,
+    }
+    # The public address follows the port, which the environment may have chosen: read it first.
+    catalog_port = load_settings(CatalogSettings, catalog_defaults).catalog_port
+    catalog = load_settings(
+        CatalogSettings, {**catalog_defaults, "catalog_public_url": f"http://127.0.0.1:{catalog_port}"}
+    )
+    gateway = load_settings(
+        GatewaySettings,
+        {
+            **common,
+            "gateway_host": "127.0.0.1",
+            "gateway_port": port,
+            "gateway_heartbeat": 5,
+            "gateway_poll_interval": 2,
+            "gateway_catalog_url": catalog.catalog_public_url,
+        },
+        overrides={"gateway_catalog_token": SecretStr(gateway_token)},
+    )
+    monitor = load_settings(
+        MonitorSettings,
+        {
+            **common,
+            "watch_root": home / "observatory",
+            "journal_path": home / "monitor" / "journal.sqlite3",
+            "instruments_dir": instruments,
+            "receiver_url": f"http://127.0.0.1:{receiver.receiver_port}",
+        },
+        overrides={"site_token": SecretStr(site_token)},
+    )
+    return ServiceSettings(receiver, ingestor, catalog, gateway, monitor)
+
+
+def _make_folders(home: Path) -> None:
     for folder in ("observatory", "monitor", "staging", "archive"):
         (home / folder).mkdir(parents=True, exist_ok=True)
 
 
-async def _prepare() -> Accounts:
-    """Migrate every schema, then the demo's site, program, people and tokens (fresh tokens every run)."""
+async def _prepare(common: CommonSettings) -> tuple[Accounts, str]:
+    """Migrate every schema, then the demo's site, program, people and tokens (fresh tokens every run).
 
-    settings = CommonSettings()
+    Returns the people's and the gateway's tokens, and the site's credential.
+    """
+
     for name in SERVICES:
         spec = load_service(name)
         if spec.migrations is not None:
-            await migrate(spec, settings)
-    receiver = await Database.connect(settings.database_url, "receiver", max_size=1)
+            await migrate(spec, common)
+    receiver = await Database.connect(common.database_url, "receiver", max_size=1)
     try:
         async with receiver.transaction() as conn:
-            os.environ["SKYPORT_SITE_TOKEN"] = await SiteStore(conn).add("demo")
+            site_token = await SiteStore(conn).add("demo")
     finally:
         await receiver.close()
-    db = await Database.connect(settings.database_url, "catalog", max_size=2)
+    db = await Database.connect(common.database_url, "catalog", max_size=2)
     try:
         await catalog.add_user(db, "gateway", display_name="The gateway's service account", admin=True)
         await catalog.add_user(db, "alice", display_name="Alice (PI)", email="alice@example.org")
@@ -132,8 +198,7 @@ async def _prepare() -> Accounts:
         )
     finally:
         await db.close()
-    os.environ["SKYPORT_GATEWAY_CATALOG_TOKEN"] = accounts.gateway
-    return accounts
+    return accounts, site_token
 
 
 async def _wait_until_up(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> bool:
@@ -147,11 +212,12 @@ async def _wait_until_up(http: aiohttp.ClientSession, url: str, stop: asyncio.Ev
     return False
 
 
-async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Event) -> None:
+async def _night(args: argparse.Namespace, accounts: Accounts, settings: ServiceSettings, stop: asyncio.Event) -> None:
     """Wait for the services, print how to sign in, write the night, and show progress."""
 
-    page = f"http://127.0.0.1:{args.port}/"
-    catalog_url = os.environ["SKYPORT_CATALOG_PUBLIC_URL"]
+    monitor = settings.monitor
+    page = f"http://127.0.0.1:{settings.gateway.gateway_port}/"
+    catalog_url = settings.catalog.catalog_public_url
     async with aiohttp.ClientSession() as http:
         if not await _wait_until_up(http, page, stop):
             return
@@ -160,13 +226,13 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
             f"  Observer page:  {page}\n"
             f"  Sign in as the PI (alice):          {accounts.pi}\n"
             f"  or as bob (the PI can add him):     {accounts.collaborator}\n"
-            f"  Program {MISSION}/{PROPID}; the night's files go to {os.environ['SKYPORT_WATCH_ROOT']}\n"
+            f"  Program {MISSION}/{PROPID}; the night's files go to {monitor.watch_root}\n"
             f"  Ctrl-C stops.\n",
             flush=True,
         )
         sim = Simulator(
-            load_instruments(Path(os.environ["SKYPORT_INSTRUMENTS_DIR"])),
-            Path(os.environ["SKYPORT_WATCH_ROOT"]),
+            load_instruments(monitor.instruments_dir),
+            monitor.watch_root,
             programs={MISSION: [PROPID]},
             seed=args.seed if args.seed is not None else secrets.randbelow(2**31),  # a new night's files each run
         )
@@ -225,12 +291,14 @@ async def _night(args: argparse.Namespace, accounts: Accounts, stop: asyncio.Eve
                 print()
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, common: CommonSettings) -> None:
 
-    accounts = await _prepare()
+    accounts, site_token = await _prepare(common)
+    settings = service_settings(args.home, args.port, site_token=site_token, gateway_token=accounts.gateway)
     stop = asyncio.Event()
-    services = asyncio.create_task(run_services([load_service(name) for name in SERVICES], stop=stop))
-    night = asyncio.create_task(_night(args, accounts, stop))
+    specs = [load_service(name) for name in SERVICES]
+    services = asyncio.create_task(run_services(specs, stop=stop, settings=settings.by_name(), common=common))
+    night = asyncio.create_task(_night(args, accounts, settings, stop))
     done, _ = await asyncio.wait({services, night}, return_when=asyncio.FIRST_COMPLETED)
     if night in done and night.exception() is not None:
         stop.set()
@@ -248,13 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and args.home.exists():
         shutil.rmtree(args.home)
     args.home.mkdir(parents=True, exist_ok=True)
-    _configure(args.home, args.port)
-
-    common = CommonSettings()
-    configure_logging(common.log_format, common.log_level)
+    _make_folders(args.home)
     try:
-        asyncio.run(_main(args))
-    except Unreachable as exc:
+        common = common_settings(args.home)
+        configure_logging(common.log_format, common.log_level)
+        asyncio.run(_main(args, common))
+    except (Unreachable, SettingsError) as exc:
         print(f"make demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
