@@ -7,7 +7,7 @@ each gets its own database pool on its own schema. The order is fixed:
 start:     settings (all of them, before anything is opened) → logging → bus → per service: database (schema
            checked) → its lifespan → health server
 SIGTERM:   stop consuming (in-flight handlers get ``shutdown_timeout`` seconds, then return their messages
-           unacknowledged) → health server → lifespans in reverse → background tasks → pools → bus
+           unacknowledged) → health server → lifespans in reverse → supervised loops → pools → bus
 
 A service's long-lived loops run under one :class:`Supervisor` (``ctx.supervise``): a loop that dies is logged
 and restarted with back-off, and one that keeps dying makes the service not ready.
@@ -22,7 +22,7 @@ import random
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -285,7 +285,6 @@ class ServiceContext(Generic[SettingsT]):
     stop_hooks: list[Callable[[float], Awaitable[None]]] = field(default_factory=list)
     shutdown: ShutdownProgress = field(default_factory=ShutdownProgress)
     supervisor: Supervisor = field(init=False)
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.name, log=self.log)
@@ -320,20 +319,6 @@ class ServiceContext(Generic[SettingsT]):
         """Run the long-lived loop ``loop()`` for the life of the service under its :class:`Supervisor`: restarted
         with back-off when it dies, and the service not ready while it keeps dying."""
         return self.supervisor.supervise(name, loop)
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run a background task that must not fail for the life of the service; a crash in it is logged, then
-        stops the process. Long-lived loops, which are worth restarting, run under :meth:`supervise` instead."""
-        task = asyncio.create_task(coro, name=f"{self.name}: {name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("background task crashed", task=task.get_name(), exc_info=task.exception())
-            _request_stop()
 
     @asynccontextmanager
     async def serve_http(self, app: web.Application, host: str, port: int, *, api: str) -> AsyncIterator[int]:
@@ -372,21 +357,6 @@ class ServiceContext(Generic[SettingsT]):
         relay = OutboxRelay(self.database, self.bus, metrics=self.metrics, service=self.name)
         self.supervise("outbox relay", relay.run)
         return relay
-
-    async def cancel_tasks(self) -> None:
-        await self.supervisor.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-_stop_event: asyncio.Event | None = None
-
-
-def _request_stop() -> None:
-    if _stop_event is not None:
-        _stop_event.set()
 
 
 def bound_port(site: web.TCPSite) -> int:
@@ -468,7 +438,6 @@ async def run_services(
     setting that is missing or wrong stops the start with :class:`~skyport.settings.SettingsError` naming its
     variable.
     """
-    global _stop_event
     if not specs:
         raise ValueError("no service to run")
     common = common or load_settings(CommonSettings)
@@ -476,7 +445,6 @@ async def run_services(
     configure_logging(common.log_format, common.log_level)
     configure_schema_base(common.schema_base_uri)
     stop = stop or asyncio.Event()
-    _stop_event = stop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -487,7 +455,6 @@ async def run_services(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        _stop_event = None
 
 
 def _settings_of(specs: Sequence[ServiceSpec[Any]], given: Mapping[str, CommonSettings]) -> dict[str, CommonSettings]:
@@ -541,7 +508,7 @@ async def _run(
                 ctx.db = await _open_database(spec, settings)
                 stack.push_async_callback(shutdown.run, f"{spec.name}: database pool", ctx.db.close)
                 databases.append(ctx.db)
-            stack.push_async_callback(shutdown.run, f"{spec.name}: background tasks", ctx.cancel_tasks)
+            stack.push_async_callback(shutdown.run, f"{spec.name}: supervised loops", ctx.supervisor.stop)
             if ctx.db is not None:
                 ctx.supervise("forget old event ids", functools.partial(_forget_old_events, ctx.db))
             await _enter_lifespan(stack, shutdown, spec.name, spec.lifespan(ctx))
