@@ -19,7 +19,8 @@ that does not exist (:func:`can_see_product` is False for both), so that its exi
 The program rules follow from the same membership rows: members see each other; the PI (or an administrator)
 manages the program (members, early release); only an administrator, or an administration command
 (``actor=None``), names or removes a PI; only an administrator reads the catalog position (a gateway's service
-account, which sees every change).
+account, which sees every change). :func:`rights_in` tells a viewer what those rules let them do in a program
+(the members answer carries it), so that a page shows the doors that open and never weighs a role itself.
 
 Visibility follows ``public_since``, not the date itself: between midnight of the release date and the
 scheduler's next pass (``SKYPORT_RELEASE_INTERVAL``) data stay proprietary, so that they become visible in
@@ -46,6 +47,7 @@ __all__ = [  # the errors are the decisions' answers, so callers may take them f
     "ROLES",
     "NotAllowed",
     "NotSignedIn",
+    "ProgramRights",
     "Role",
     "UnknownProgram",
     "UnknownUser",
@@ -121,7 +123,57 @@ async def is_pi(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: 
 
 async def may_manage(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: str) -> bool:
     """Whether the viewer may grant and remove members and release data early: the PI, or an administrator."""
-    return viewer.is_admin or await is_pi(conn, viewer, mission, propid)
+    return _may_release_early(viewer, await role_in(conn, viewer, mission, propid))
+
+
+def _may_change_members(actor: Viewer | None, actor_role: str | None, *, touching_pi: bool) -> bool:
+    """The rule for changing a program's members, given the actor's role in it: an administrator, or an
+    administration command (``actor=None``), changes anything; the PI every membership but a PI's; nobody else.
+
+    ``touching_pi``: the change names, demotes or removes the program's PI.
+    """
+    if actor is None or actor.is_admin:
+        return True
+    return actor_role == "pi" and not touching_pi
+
+
+def _may_release_early(viewer: Viewer, role: str | None) -> bool:
+    return viewer.is_admin or role == "pi"
+
+
+@dataclass(frozen=True)
+class ProgramRights:
+    """What a viewer may do in one program, by the rules the checks below enforce: what a page may offer."""
+
+    grantable_roles: tuple[Role, ...]
+    """The roles the viewer may grant, or change a membership to (empty: they may change no membership)."""
+    removable_roles: tuple[Role, ...]
+    """The roles whose holders the viewer may remove."""
+    may_release_early: bool
+
+    @property
+    def may_manage_members(self) -> bool:
+        """Whether the viewer may change any membership at all."""
+        return bool(self.grantable_roles or self.removable_roles)
+
+    def may_remove(self, member_role: str) -> bool:
+        """Whether the viewer may remove a member who holds ``member_role``."""
+        return member_role in self.removable_roles
+
+
+async def rights_in(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: str) -> ProgramRights:
+    """What the viewer may do in the program (nothing, for an anonymous viewer or a stranger).
+
+    Built from the same rules as :func:`check_may_change_members` and :func:`check_may_release_early`, so that
+    what a page offers is what the catalog then allows.
+    """
+    if viewer.is_anonymous:
+        return ProgramRights((), (), may_release_early=False)
+    role = await role_in(conn, viewer, mission, propid)
+    changeable = tuple(r for r in ROLES if _may_change_members(viewer, role, touching_pi=r == "pi"))
+    # Granting a role and removing its holder touch the same memberships, so one rule answers both today;
+    # they stay two answers so that a rule that tells them apart (a co-investigator who invites) fits here.
+    return ProgramRights(changeable, changeable, may_release_early=_may_release_early(viewer, role))
 
 
 async def programs_visible_to(conn: asyncpg.Connection, viewer: Viewer) -> list[Membership]:
@@ -175,9 +227,10 @@ async def check_may_change_members(
         if await ProgramStore(conn).get(mission, propid) is None:
             raise UnknownProgram(f"no program {mission}/{propid}")
         return
-    if touching_pi:
+    if touching_pi:  # nobody but an administrator, whatever their role: no need to read it
         raise NotAllowed(f"only an administrator may name or remove the PI of {mission}/{propid}")
-    if not await is_pi(conn, actor, mission, propid):
+    role = await role_in(conn, actor, mission, propid)
+    if not _may_change_members(actor, role, touching_pi=False):
         raise NotAllowed(f"only the PI of {mission}/{propid} or an administrator may change its members")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.catalog.access import Viewer, check_may_see_members
+from services.catalog.access import ProgramRights, Viewer, check_may_see_members, rights_in
 from services.catalog.membership import grant
 from services.catalog.storage.programs import Member, Program, ProgramStore, ProgramSummary
 
@@ -20,15 +20,20 @@ class ProgramMembers:
     program: Program
     members: list[Member]
     """The PI first, then co-investigators and collaborators, by username."""
+    rights: ProgramRights
+    """What the viewer may do in the program (the page shows only the doors that open)."""
 
 
 async def members(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: str) -> ProgramMembers:
-    """The program's members, for one of them or an administrator; :class:`UnknownProgram` for anyone else."""
+    """The program's members, and what the viewer may do with them, for one of them or an administrator;
+    :class:`UnknownProgram` for anyone else."""
     await check_may_see_members(conn, viewer, mission, propid)
     programs = ProgramStore(conn)
     program = await programs.get(mission, propid)
     assert program is not None  # the check found it, in this transaction
-    return ProgramMembers(program, await programs.members(mission, propid))
+    return ProgramMembers(
+        program, await programs.members(mission, propid), await rights_in(conn, viewer, mission, propid)
+    )
 
 
 async def add_program(

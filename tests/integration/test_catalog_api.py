@@ -276,6 +276,43 @@ async def test_the_pi_grants_and_changes_memberships_at_once_and_only_the_pi_may
     assert (await released.json())["released"] == [o.others.archive_id]
 
 
+async def test_the_members_answer_says_what_the_caller_may_do_as_the_access_rule_decides(
+    observatory: Observatory,
+) -> None:
+    # The page offers exactly these (it weighs no role itself), so they must be the rule's own answers.
+    o = observatory
+    members = f"/v1/programs/KECK/{o.propid}/members"
+    nobody = {o.user("pi"): False, o.user("coi"): False, o.user("collaborator"): False}
+
+    async def rights(who: str) -> tuple[bool, list[str], bool, dict[str, bool]]:
+        answer = await o.api.json(members, who=who)
+        removable = {m["username"]: m["may_remove"] for m in answer["members"]}
+        return answer["may_manage_members"], answer["grantable_roles"], answer["may_release_early"], removable
+
+    assert {who: await rights(who) for who in ("pi", "coi", "collaborator", "admin")} == {
+        # The PI changes every membership but a PI's, and releases early.
+        "pi": (True, ["coi", "collaborator"], True, {**nobody, o.user("coi"): True, o.user("collaborator"): True}),
+        # The rule gives a co-investigator no power over members (DESIGN's "co-investigators the PI allows" is
+        # not built yet), and a collaborator none either: both see the members, read-only.
+        "coi": (False, [], False, nobody),
+        "collaborator": (False, [], False, nobody),
+        # An administrator changes anything, the PI too, in a program they are not a member of.
+        "admin": (True, ["pi", "coi", "collaborator"], True, dict.fromkeys(nobody, True)),
+    }
+    assert (await o.api.get(members, who="stranger")).status == 404  # no answer, so no rights, to a stranger
+
+    # What the PI is offered the catalog then allows, and what it is not offered the catalog refuses.
+    newcomer = f"{members}/{o.user('newcomer')}"
+    assert (await o.api.request("PUT", newcomer, who="pi", json={"role": "coi"})).status == 200
+    _, _, _, removable = await rights("pi")
+    assert removable[o.user("newcomer")] is True
+    assert (await o.api.request("PUT", newcomer, who="pi", json={"role": "pi"})).status == 403
+    assert (await o.api.request("DELETE", f"{members}/{o.user('pi')}", who="pi")).status == 403
+    # The rights follow the role at once: the newcomer, now a co-investigator, may change nothing.
+    assert await rights("newcomer") == (False, [], False, {**nobody, o.user("newcomer"): False})
+    assert (await o.api.request("DELETE", newcomer, who="pi")).status == 204
+
+
 async def test_tokens_are_issued_shown_once_and_stop_working_when_revoked(observatory: Observatory) -> None:
     o = observatory
     response = await o.api.request("POST", "/v1/tokens", who="pi", json={"label": "laptop"})

@@ -352,7 +352,13 @@ class CatalogApi:
                 mission=mission,
                 propid=propid,
                 title=found.program.title,
-                members=[api.Member.model_validate(asdict(m)) for m in found.members],
+                members=[
+                    api.Member.model_validate({**asdict(m), "may_remove": found.rights.may_remove(m.role)})
+                    for m in found.members
+                ],
+                may_manage_members=found.rights.may_manage_members,
+                grantable_roles=list(found.rights.grantable_roles),
+                may_release_early=found.rights.may_release_early,
             )
         )
 

@@ -168,15 +168,27 @@ class Member(_Answer):
     role: Role
     granted_by: str | None
     granted_at: Timestamp
+    may_remove: bool
+    """Whether the caller may remove this member (as the catalog's access rule says)."""
 
 
 class Members(_Answer):
-    """``GET /v1/programs/{mission}/{propid}/members``: PI first."""
+    """``GET /v1/programs/{mission}/{propid}/members``: PI first, and what the caller may do in the program.
+
+    The ``may_*`` fields and ``grantable_roles`` are the catalog's own decisions for the caller, so that a
+    client offers what will be allowed without knowing the rule (the catalog still checks every change).
+    """
 
     mission: str
     propid: str
     title: str | None
     members: list[Member]
+    may_manage_members: bool
+    """Whether the caller may grant, change or remove any membership."""
+    grantable_roles: list[Role]
+    """The roles the caller may grant or change a membership to (empty when they may change none)."""
+    may_release_early: bool
+    """Whether the caller may release the program's data before their release date."""
 
 
 class MembershipChange(_Answer):
