@@ -58,9 +58,9 @@ export class Api {
     return body.ticket;
   }
 
-  async members(program) {
-    const body = await this.request("GET", `${programPath(program)}/members`);
-    return (body && body.members) || [];
+  /** The program's members, and what the viewer may do with them (the catalog's answer, as it is). */
+  members(program) {
+    return this.request("GET", `${programPath(program)}/members`);
   }
 
   grant(program, username, role) {

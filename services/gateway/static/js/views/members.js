@@ -1,37 +1,42 @@
-// A program's members: everyone in it sees them; its PI (or an administrator) adds, changes and removes them.
+// A program's members: everyone in it sees them; whoever the catalog allows adds, changes and removes them.
+// What the viewer may do comes with the members (the catalog's access rule decides it): the view offers those
+// actions and weighs no role itself.
 
 import { html, useEffect, useRef, useState } from "../../vendor/preact-htm.js";
-import { canManage, programKey, roleName, roleWithArticle } from "../programs.js";
+import { memberRights, programKey, roleName, roleWithArticle } from "../programs.js";
 import { Cell } from "./cell.js";
 
 /** ``session``: js/session.js; ``onSignOut(reason)``: the token was refused. */
 export function MembersView({ session, onSignOut }) {
-  const { api, me, programs } = session;
+  const { api, programs } = session;
   const [chosen, setChosen] = useState("");
-  const [members, setMembers] = useState([]);
+  // The last answer, with the program it is of: another program's rights never show beside this one's members.
+  const [answer, setAnswer] = useState({ key: "", rights: null });
   const [result, setResult] = useState({ message: "", error: "" });
   const [reloads, setReloads] = useState(0);
   const program = programs.find((p) => programKey(p) === chosen) || programs[0] || null;
   const key = program ? programKey(program) : "";
-  const manage = canManage(program, me);
+  // Until the program's answer comes, nothing is offered and nothing is said to be read-only.
+  const rights = program && answer.key === key ? answer.rights : null;
+  const members = rights ? rights.members : [];
 
   // Loaded when the view opens, when another program is chosen, after a change, and when the user's programs
   // change (a role granted or withdrawn meanwhile).
   useEffect(() => {
     if (!program) {
-      setMembers([]);
+      setAnswer({ key: "", rights: null });
       return undefined;
     }
     let current = true; // another program chosen meanwhile: this answer is no longer wanted
     api.members(program).then(
-      (list) => current && setMembers(list),
+      (body) => current && setAnswer({ key, rights: memberRights(body) }),
       (err) => {
         if (!current) return;
         if (err.status === 401) {
           onSignOut(`Signed out: ${err.message}`);
           return;
         }
-        setMembers([]);
+        setAnswer({ key: "", rights: null }); // not known: neither offered nor said to be read-only
         setResult({ message: "", error: err.message });
       },
     );
@@ -105,15 +110,15 @@ export function MembersView({ session, onSignOut }) {
           <tbody id="member-rows" data-testid="member-rows">
             ${members.map(
               (m) => html`<${MemberRow} key=${m.username} program=${key} member=${m}
-                removable=${manage && (m.role !== "pi" || Boolean(me.is_admin))} onRemove=${remove} />`,
+                removable=${m.removable} onRemove=${remove} />`,
             )}
           </tbody>
         </table>
       </div>
-      ${program && manage && html`<${GrantForm} isAdmin=${Boolean(me.is_admin)} onGrant=${grant}
-        onMissing=${() => setResult({ message: "", error: "Enter the username of the person to add." })} />`}
-      <p id="members-readonly" class="hint" data-testid="members-readonly" hidden=${!program || manage}>Only the
-        program's PI can add or remove members.</p>
+      ${rights && rights.grantableRoles.length > 0 && html`<${GrantForm} key=${key} roles=${rights.grantableRoles}
+        onGrant=${grant} onMissing=${() => setResult({ message: "", error: "Enter the username of the person to add." })} />`}
+      <p id="members-readonly" class="hint" data-testid="members-readonly" hidden=${!rights || rights.manage}>Only
+        the program's PI or an administrator can add or remove members.</p>
     </section>
   `;
 }
@@ -150,9 +155,13 @@ function MemberRow({ program, member, removable, onRemove }) {
   `;
 }
 
-function GrantForm({ isAdmin, onGrant, onMissing }) {
+const ROLE_OPTIONS = { collaborator: "Collaborator", coi: "Co-investigator", pi: "PI" };
+
+/** ``roles``: those the catalog lets the viewer grant, the first one chosen at first. */
+function GrantForm({ roles, onGrant, onMissing }) {
   const [username, setUsername] = useState("");
-  const [role, setRole] = useState("collaborator");
+  const [chosenRole, setRole] = useState(roles[0]);
+  const role = roles.includes(chosenRole) ? chosenRole : roles[0]; // the rights may change under the form
   const [busy, setBusy] = useState(false);
   const field = useRef(null);
   const submit = async (event) => {
@@ -184,9 +193,7 @@ function GrantForm({ isAdmin, onGrant, onMissing }) {
           <label for="grant-role">Role</label>
           <select id="grant-role" name="role" data-testid="grant-role" value=${role}
                   onChange=${(event) => setRole(event.currentTarget.value)}>
-            <option value="collaborator">Collaborator</option>
-            <option value="coi">Co-investigator</option>
-            <option value="pi" hidden=${!isAdmin} disabled=${!isAdmin}>PI (administrators only)</option>
+            ${roles.map((r) => html`<option key=${r} value=${r}>${ROLE_OPTIONS[r] || r}</option>`)}
           </select>
         </div>
         <button type="submit" data-testid="grant-submit" disabled=${busy}>Grant</button>
