@@ -11,7 +11,7 @@ it, then ``sha256_file`` reads it a second time) and the new one (``verify_fits`
   DATASUM and CHECKSUM, written by this script into ``--tmp`` and deleted at the end) in a process of its own,
   which prints its ``VmHWM`` (the peak resident set, memory-mapped pages counted) before and after the evaluation.
 
-The old verification is the reference kept by the unit tests (``tests/unit/test_fits_streaming.py``).
+The old verification is the reference kept by the unit tests (``tests/unit/skyport/test_fits_streaming.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from services.monitor.dep import evaluate  # noqa: E402
 from skyport.fits import CHECKSUM_PLACEHOLDER, DataSum, checksum_value, padding, sha256_file, verify_fits  # noqa: E402
 from skyport.instruments import InstrumentCatalog, load_instruments  # noqa: E402
 from skyport.simulator import Simulator  # noqa: E402
-from tests.unit.test_fits_streaming import reference_verify  # noqa: E402
+from tests.unit.skyport.test_fits_streaming import reference_verify  # noqa: E402
 
 INSTRUMENTS_DIR = REPO / "deploy" / "instruments"
 SLAB_BYTES = 16 << 20

@@ -6,7 +6,7 @@ function of a service module (:mod:`services.catalog.products`, ``programs``, ``
 ``users``) in the transaction they open, and answer with a model of :mod:`skyport.api.catalog` (never a storage
 row as it is, so that a new column is not published by accident); the services' refusals
 (:mod:`services.catalog.errors`) become API errors in :func:`refusal`. Every decision of who may do what is
-:mod:`services.catalog.access`'s, and there is no SQL here (``tests/unit/test_catalog_layers.py`` checks both).
+:mod:`services.catalog.access`'s, and there is no SQL here (``tests/unit/catalog/test_layers.py`` checks both).
 A product the caller may not see is answered exactly like one that does not exist (404, same body), in every
 door. Callers without a token are anonymous and see
 public data only; a token that is sent must be valid (401 otherwise), and is checked on every request, so that a

@@ -386,7 +386,7 @@ def looks_complete(path: Path) -> bool:
 # The verdicts and reasons are those of the astropy-based verification this replaces (fits.open with memmap,
 # then verify_datasum and verify_checksum on every HDU): astropy still builds each HDU object, from its header
 # alone, so that the headers it would refuse, the HDU types it would pick and the checksum conventions it
-# follows stay the same; tests/unit/test_fits_streaming.py keeps that verification as the reference and
+# follows stay the same; tests/unit/skyport/test_fits_streaming.py keeps that verification as the reference and
 # compares the two over a corpus of good and bad files.
 
 # Big enough that a read costs far less than the hashing of its bytes, small enough to be nothing resident.

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from services.catalog.handlers.http import CatalogApi
 from services.catalog.handlers.params import SEARCH_PARAMETERS
 
-SPEC = Path(__file__).resolve().parents[2] / "services" / "catalog" / "openapi.yaml"
+SPEC = Path(__file__).resolve().parents[3] / "services" / "catalog" / "openapi.yaml"
 
 
 def document() -> dict[str, Any]:

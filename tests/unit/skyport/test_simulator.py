@@ -14,7 +14,7 @@ from skyport.fits import InvalidFile, looks_complete, verify_fits
 from skyport.instruments import InstrumentCatalog, koaid, load_instruments
 from skyport.simulator import BadKind, SimulatedFile, SimulationError, Simulator, add_arguments, main, parse_size
 
-INSTRUMENTS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "instruments"
+INSTRUMENTS_DIR = Path(__file__).resolve().parents[3] / "deploy" / "instruments"
 NIGHT = date(2026, 3, 15)
 SMALL = 40_000
 

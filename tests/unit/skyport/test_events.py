@@ -22,7 +22,7 @@ from skyport.events import (
 )
 from skyport.events.schemas import schema_differences
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHA = "a" * 64
 
 

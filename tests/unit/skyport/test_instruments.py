@@ -21,7 +21,7 @@ from skyport.instruments import (
 )
 from skyport.simulator import Simulator
 
-INSTRUMENTS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "instruments"
+INSTRUMENTS_DIR = Path(__file__).resolve().parents[3] / "deploy" / "instruments"
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from skyport.fits import (
 from skyport.instruments import InstrumentCatalog, load_instruments
 from skyport.simulator import Simulator
 
-INSTRUMENTS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "instruments"
+INSTRUMENTS_DIR = Path(__file__).resolve().parents[3] / "deploy" / "instruments"
 NIGHT = date(2026, 3, 15)
 
 

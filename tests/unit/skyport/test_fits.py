@@ -32,7 +32,7 @@ from skyport.instruments import InstrumentCatalog, load_instruments
 from skyport.simulator import Simulator
 from skyport.simulator.writer import write_file
 
-INSTRUMENTS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "instruments"
+INSTRUMENTS_DIR = Path(__file__).resolve().parents[3] / "deploy" / "instruments"
 NIGHT = date(2026, 3, 15)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-HANDLERS = Path(__file__).resolve().parents[2] / "services" / "catalog" / "handlers"
+HANDLERS = Path(__file__).resolve().parents[3] / "services" / "catalog" / "handlers"
 
 _SQL = re.compile(
     r"\bselect\b.+\bfrom\b|\binsert\s+into\b|\bupdate\s+\w+\s+set\b|\bdelete\s+from\b|\bwhere\s+\w+(\.\w+)?\s*(=|<|>|in\b|is\b)",

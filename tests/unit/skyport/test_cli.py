@@ -13,7 +13,7 @@ import pytest
 from skyport.cli import COMMAND_GROUP, SERVICE_GROUP, available_services, build_parser, load_service, main
 from skyport.errors import redact
 
-LIBRARY = Path(__file__).resolve().parents[2] / "libs" / "skyport"
+LIBRARY = Path(__file__).resolve().parents[3] / "libs" / "skyport"
 # reStructuredText a terminal shows as is: ``literal``, :class:`Name`, :func:`name`.
 MARKUP = re.compile(r"``|:(?:class|func|meth|mod|attr):`")
 

@@ -24,7 +24,7 @@ from skyport.bus import Bus, OutgoingMessage
 from skyport.bus.base import utcnow
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
 from skyport.events import CloudEvent, FileArchived, ReplacedContent
-from tests.integration.test_outbox import CrashAfterPublish, CrashBeforePublish
+from tests.integration.skyport.test_outbox import CrashAfterPublish, CrashBeforePublish
 from tests.support.catalog import (
     FAR_FUTURE,
     PUBLIC_URL,
