@@ -79,12 +79,15 @@ from skyport.bus import Bus, Subscription, create_bus  # noqa: E402
 from skyport.events import CloudEvent, FileArchived  # noqa: E402
 from skyport.instruments import load_instruments  # noqa: E402
 from skyport.simulator import SimulatedFile, Simulator  # noqa: E402
-from tests.support.flow import INSTRUMENTS, Flow, ServiceProcess  # noqa: E402
+from tests.support.flow import INSTRUMENTS, Flow, ServiceProcess, free_port  # noqa: E402
 from tests.support.servers import AMQP_URL, DATABASE_URL, ensure_postgresql, ensure_rabbitmq  # noqa: E402
 
 INSTRUMENT = "HIRES"  # Keck HIRES raw: one file per exposure, the simplest product
 LATENCY_AIM = 1.0  # seconds, p99
 THROUGHPUT_AIM = 0.8  # of the disk's durable write rate
+SINGLE_AIM = 0.9  # one big file, of the disk's durable write rate (issue 11)
+SMALL_AIMS = {1: 100.0, 8: 150.0}  # files/s of 1 MB files, by files at a time (issue 11)
+CPU_AIM_MS = 12.0  # CPU per 1 MB file, every process together (issue 11)
 MB = 1_000_000
 BROKER_TIMEOUT = 30.0  # seconds for RabbitMQ to open a connection, or a clean-up step to end
 # The settings printed with the figures: the ones that decide how much each service does at once and how fast
@@ -290,6 +293,134 @@ def disk_write_rate(folder: Path, sizes: Sequence[int]) -> float:
     return total_bytes / MB / total_seconds
 
 
+# --- the floor: a minimal receiver ---------------------------------------------------------------------------
+
+MINIMAL_TABLE = "bench_minimal_files"
+
+
+async def serve_minimal(port: int, folder: Path, database_url: str) -> None:
+    """The floor any archive pays, run as a process of its own (``--minimal-receiver``): an aiohttp endpoint that
+    streams the body to disk, fsyncs it and inserts one row into PostgreSQL. No hashing, no events, no checks."""
+    import signal
+
+    import asyncpg
+    from aiohttp import web
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    await pool.execute(
+        f"CREATE TABLE IF NOT EXISTS {MINIMAL_TABLE} (name text PRIMARY KEY, size_bytes bigint NOT NULL, "
+        "received_at timestamptz NOT NULL DEFAULT now())"
+    )
+
+    async def put(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+            raise web.HTTPBadRequest()
+        size = 0
+        with (folder / name).open("wb") as handle:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                handle.write(chunk)
+                size += len(chunk)
+            await asyncio.to_thread(os.fsync, handle.fileno())
+        await pool.execute(
+            f"INSERT INTO {MINIMAL_TABLE} (name, size_bytes) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET size_bytes = EXCLUDED.size_bytes, received_at = now()",
+            name,
+            size,
+        )
+        return web.json_response({"name": name, "size_bytes": size}, status=201)
+
+    app = web.Application()
+    app.router.add_put("/{name}", put)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+    await pool.close()
+
+
+class MinimalReceiver:
+    """The minimal receiver's process, and a client that uploads files to it as a site would (keep-alive)."""
+
+    def __init__(self, folder: Path, database_url: str) -> None:
+        self.folder = folder
+        self.database_url = database_url
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._uploaded = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(REPO / "bench" / "ingest.py"),
+            "--minimal-receiver",
+            f"{self.port}:{self.folder}",
+            "--database-url",
+            self.database_url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), BROKER_TIMEOUT)
+        if line.strip() != b"ready":
+            raise RuntimeError("the minimal receiver did not start")
+
+    async def upload(self, paths: Sequence[Path], concurrency: int) -> float:
+        """Upload every file, ``concurrency`` at a time, each waiting for its answer; returns the seconds taken."""
+        import aiohttp
+
+        queue = iter(paths)
+        async with aiohttp.ClientSession() as session:
+
+            async def worker() -> None:
+                for path in queue:
+                    self._uploaded += 1
+                    size = path.stat().st_size
+                    with path.open("rb") as content:
+                        async with session.put(
+                            f"http://127.0.0.1:{self.port}/f{self._uploaded}",
+                            data=content,
+                            headers={"Content-Length": str(size)},
+                        ) as response:
+                            response.raise_for_status()
+                            await response.read()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 15)
+        await asyncio.to_thread(shutil.rmtree, self.folder, ignore_errors=True)
+
+
+def peak_resident(pids: dict[str, int]) -> str:
+    """Each process's peak resident set since it started (VmHWM, from /proc), in MB."""
+    parts = []
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    parts.append(f"{name} {int(line.split()[1]) / 1000:.0f} MB")
+    return "peak resident set: " + ", ".join(parts)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f} (5 min {five:.2f})"
+
+
+def cpu_per_file(used: dict[str, float], files: int) -> str:
+    total = sum(used.values())
+    parts = ", ".join(f"{name} {seconds / files * 1000:.1f}" for name, seconds in used.items() if seconds > 0)
+    return f"CPU ms per file: {total / files * 1000:.1f} in all ({parts})"
+
+
 # --- the processes ------------------------------------------------------------------------------------------
 
 
@@ -310,6 +441,7 @@ class CpuClock:
         self._processes: dict[int, tuple[str, float, float]] = {}
         self._machine: dict[str, float] = {}
         self._wall = 0.0
+        self.used: dict[str, float] = {}  # CPU seconds per process (or server) at the last report()
 
     def _read(self) -> tuple[dict[int, tuple[str, float, float]], dict[str, float]]:
         processes: dict[int, tuple[str, float, float]] = {}
@@ -345,6 +477,7 @@ class CpuClock:
                 figures[1] += system - system_before
             elif used > 0:
                 others[command] = others.get(command, 0.0) + used
+        self.used = {name: figures[0] for name, figures in ours.items()}
         busy = sum(machine.get(k, 0.0) - self._machine.get(k, 0.0) for k in ("user", "system", "interrupts"))
         unseen = max(0.0, busy - sum(f[0] for f in ours.values()) - sum(others.values()))  # ended processes
         top = sorted(others.items(), key=lambda item: -item[1])[:3]
@@ -439,7 +572,24 @@ class Bench:
     events: ArchivedEvents
     ahead: Prewritten
     live: Simulator
+    minimal: MinimalReceiver
+    overrides: dict[str, object] = field(default_factory=dict)
     processes: list[ServiceProcess] = field(default_factory=list)
+    monitor: ServiceProcess | None = None
+    monitor_settings: dict[str, object] | None = None
+
+    async def use_monitor(self, **settings: object) -> None:
+        """Run the monitor with these settings (beside the common overrides), restarting it if it runs others."""
+        wanted = {**self.overrides, **settings}
+        if self.monitor is not None and self.monitor_settings == wanted:
+            return
+        if self.monitor is not None:
+            await self.monitor.stop(timeout=15)
+            self.processes.remove(self.monitor)
+        self.monitor = await self.flow.start("monitor", **wanted)
+        self.monitor_settings = wanted
+        self.processes.append(self.monitor)
+        progress(f"started monitor (pid {self.monitor.proc.pid}) with {settings or 'the defaults'}")
 
     def say(self, line: str = "") -> None:
         print(line, flush=True)
@@ -544,6 +694,110 @@ class Bench:
         for line in warnings_logged(self.processes, first_lines) or ["  no warnings logged"]:
             self.say(line)
 
+    async def small_files(self) -> None:
+        """Many small files through the path, ``concurrency`` at a time, beside the minimal receiver."""
+        args = self.args
+        for concurrency in args.small_concurrency:
+            count, size = args.small_count, args.small_size
+            progress(f"small files: {count} files of {size / MB:g} MB, {concurrency} at a time")
+            files = await self.ahead.write(count, size, "small")
+            # One at a time: the monitor evaluates and uploads one file after another, as one client would.
+            await self.use_monitor(
+                upload_concurrency=concurrency, dep_concurrency=min(concurrency, os.cpu_count() or 1)
+            )
+            cpu = CpuClock(self._pids())
+            first_lines = [len(p.lines) for p in self.processes]
+            cpu.start()
+            closed = [self.ahead.close(f) for f in files]
+            missing = await self.events.wait_for([c.archive_id for c in closed], timeout=args.big_timeout)
+            cpu_lines = cpu.report()
+            skyport_used = dict(cpu.used)
+            if missing:
+                self.say(f"Small files: {len(missing)} of {count} not archived within {args.big_timeout:g}s")
+                return
+            seconds = max(self.events.received[c.archive_id] for c in closed) - min(c.closed_at for c in closed)
+            load_after = load()
+            await asyncio.to_thread(os.sync)
+            paths = [self.flow.watch_root / c.relative_path for c in closed]
+            floor = CpuClock({"minimal receiver": self._minimal_pid(), "bench": os.getpid()})
+            floor.start()
+            floor_seconds = await self.minimal.upload(paths, concurrency)
+            floor.report()
+            rate, floor_rate = count / seconds, count / floor_seconds
+            aim = SMALL_AIMS.get(concurrency)
+            self.say(f"Small files, {count} of {size / MB:g} MB, {concurrency} at a time ({load_after}):")
+            verdict = "" if aim is None else f" (aim at least {aim:g}: {'met' if rate >= aim else 'MISSED'})"
+            self.say(
+                f"  skyport: {rate:.1f} files/s, {rate * size / MB:.0f} MB/s, first close to last file.archived "
+                f"in {seconds:.2f}s{verdict}"
+            )
+            self.say(
+                f"  minimal receiver: {floor_rate:.1f} files/s, {floor_rate * size / MB:.0f} MB/s "
+                f"(PUT, write, fsync, one row; {concurrency} client(s))"
+            )
+            self.say(f"  ratio skyport/minimal: {rate / floor_rate:.2f}")
+            total = sum(skyport_used.values()) / count * 1000
+            self.say(
+                f"  skyport {cpu_per_file(skyport_used, count)}; aim under {CPU_AIM_MS:g} -> "
+                f"{'met' if total < CPU_AIM_MS else 'MISSED'}"
+            )
+            self.say(f"  minimal {cpu_per_file(floor.used, count)}")
+            self.say(f"  {peak_resident(self._pids())}")
+            for line in cpu_lines:
+                self.say(f"  {line}")
+            for line in warnings_logged(self.processes, first_lines) or ["  no warnings logged"]:
+                self.say(line)
+
+    async def single_file(self) -> None:
+        """One big file through the path, beside dd and the minimal receiver."""
+        args = self.args
+        size = args.single_size
+        progress(f"single file: {size / MB:g} MB")
+        await self.use_monitor()
+        (simulated,) = await self.ahead.write(1, size, "single")
+        disk_before = await asyncio.to_thread(disk_write_rate, self.flow.root, [size])
+        await asyncio.to_thread(os.sync)
+        cpu = CpuClock(self._pids())
+        first_lines = [len(p.lines) for p in self.processes]
+        cpu.start()
+        closed = self.ahead.close(simulated)
+        missing = await self.events.wait_for([closed.archive_id], timeout=args.big_timeout)
+        cpu_lines = cpu.report()
+        if missing:
+            self.say(f"Single file: not archived within {args.big_timeout:g}s")
+            return
+        seconds = self.events.received[closed.archive_id] - closed.closed_at
+        load_after = load()
+        await asyncio.to_thread(os.sync)
+        floor_seconds = await self.minimal.upload([self.flow.watch_root / closed.relative_path], 1)
+        await asyncio.to_thread(os.sync)
+        disk_after = await asyncio.to_thread(disk_write_rate, self.flow.root, [size])
+        disk = (disk_before + disk_after) / 2
+        rate, floor_rate = size / MB / seconds, size / MB / floor_seconds
+        ratio = rate / disk
+        self.say(f"Single file of {size / MB:g} MB, close -> file.archived ({load_after}):")
+        self.say(f"  skyport: {rate:.0f} MB/s ({seconds:.2f}s)")
+        self.say(
+            f"  disk: {disk:.0f} MB/s (dd conv=fdatasync of the same size; {disk_before:.0f} before, "
+            f"{disk_after:.0f} after); ratio skyport/dd {ratio:.2f}, aim at least {SINGLE_AIM:g}: "
+            f"{'met' if ratio >= SINGLE_AIM else 'MISSED'}"
+        )
+        self.say(
+            f"  minimal receiver: {floor_rate:.0f} MB/s (PUT, write, fsync, one row); ratio skyport/minimal "
+            f"{rate / floor_rate:.2f}"
+        )
+        self.say(f"  {peak_resident(self._pids())}")
+        for line in stage_breakdown(self.processes, [closed], self.events.received):
+            self.say(line)
+        for line in cpu_lines:
+            self.say(f"  {line}")
+        for line in warnings_logged(self.processes, first_lines) or ["  no warnings logged"]:
+            self.say(line)
+
+    def _minimal_pid(self) -> int:
+        assert self.minimal.proc is not None
+        return self.minimal.proc.pid
+
     def _arrived(self, closed: Iterable[Closed]) -> list[Closed]:
         return [c for c in closed if c.archive_id in self.events.received]
 
@@ -567,18 +821,21 @@ async def run(args: argparse.Namespace) -> None:
     tonight = datetime.now(UTC).date()
     ahead = Prewritten(Simulator(instruments, root / "written-ahead", seed=args.seed, night=tonight), flow.watch_root)
     live = Simulator(instruments, flow.watch_root, seed=args.seed + 1, night=tonight - timedelta(days=1))
-    bench = Bench(args, flow, events, ahead, live)
+    minimal = MinimalReceiver(root / "minimal", flow.database_url)
     # The harness's test settings rescan and poll much more often than a service does by default: use the defaults.
     overrides: dict[str, object] = {name: MonitorSettings.model_fields[name].default for name in PRODUCTION_DEFAULTS}
     overrides.update(args.set)
+    bench = Bench(args, flow, events, ahead, live, minimal, overrides)
     try:
         progress(f"preparing a clean archive under {root}")
         await flow.prepare()
         await events.start()
+        await minimal.start()
         archive_side = [("receiver", "ingestor")] if args.layout == "together" else [("receiver",), ("ingestor",)]
-        for names in [*archive_side, ("monitor",)]:
+        for names in archive_side:
             bench.processes.append(await flow.start(*names, **overrides))
             progress(f"started {' + '.join(names)} (pid {bench.processes[-1].proc.pid})")
+        await bench.use_monitor()
         bench.say(f"Skyport ingest benchmark, {datetime.now().isoformat(timespec='seconds')}, {os.cpu_count()} cores")
         processes = ", ".join(" + ".join(p.names) for p in bench.processes)
         layout = "in processes of their own" if args.layout == "separate" else "in one process"
@@ -587,7 +844,14 @@ async def run(args: argparse.Namespace) -> None:
         bench.say("  settings:")
         for line in effective_settings(flow.env(**overrides)):
             bench.say(line)
+        bench.say(f"  {load()}")
         await bench.warm_up()
+        if "small" in args.only:
+            bench.say()
+            await bench.small_files()
+        if "single" in args.only:
+            bench.say()
+            await bench.single_file()
         if "latency" in args.only:
             bench.say()
             await bench.latency()
@@ -600,6 +864,8 @@ async def run(args: argparse.Namespace) -> None:
         raise
     finally:
         progress("cleaning up")
+        with contextlib.suppress(Exception):
+            await minimal.stop()
         for process in reversed(bench.processes):
             with contextlib.suppress(Exception):
                 await process.stop(timeout=15)
@@ -664,9 +930,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="separate",
         help="receiver and ingestor in two processes (default: the faster here) or in one; the monitor runs alone",
     )
+    parser.add_argument("--small-count", type=int, default=300, help="small files: how many (default 300)")
+    parser.add_argument("--small-size", type=parse_size, default=MB, help="small files: size (default 1MB)")
     parser.add_argument(
-        "--only", nargs="+", choices=("latency", "throughput"), default=("latency", "throughput"), help="phases to run"
+        "--small-concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="small files: files at a time, one run each (default 1 8)",
     )
+    parser.add_argument(
+        "--single-size", type=parse_size, default=200 * MB, help="single file: its size (default 200MB)"
+    )
+    phases = ("small", "single", "latency", "throughput")
+    parser.add_argument("--only", nargs="+", choices=phases, default=phases, help="phases to run (default all)")
+    parser.add_argument("--minimal-receiver", metavar="PORT:FOLDER", help=argparse.SUPPRESS)
     parser.add_argument(
         "--set",
         type=setting,
@@ -682,6 +960,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where the work tree goes (default: the temp dir)"
     )
     args = parser.parse_args(argv)
+    if args.minimal_receiver:  # the benchmark's own process for the minimal receiver
+        port, _, folder = args.minimal_receiver.partition(":")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        asyncio.run(serve_minimal(int(port), Path(folder), args.database_url))
+        return 0
     asyncio.run(run(args))
     return 0
 
