@@ -15,22 +15,29 @@ changes at or before its position).
 A slow client never delays anyone. Live messages go into a bounded per-stream queue without waiting; a
 client whose queue is full is disconnected with close code 4008 and resumes with its last cursor. The
 backlog, produced for one client only, waits for room instead.
+
+A burst costs the gateway per change, not per change and client. The feed reads the changes a page at a
+time and the hub offers each page to every stream at once as a :class:`ChangeBatch`: the page is grouped by
+program once, so a stream's share is a lookup per program it carries; each change is serialised once, and
+the messages of a share are built once and the same bytes queued for every stream with that share. A client
+that speaks protocol 2 gets a share of many changes as a few ``files`` messages instead of a message each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
 import structlog
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.gateway.catalog_client import CatalogClient, CatalogRefused, CatalogUnavailable, Program, User
@@ -39,11 +46,19 @@ from skyport.cursor import decode_cursor, encode_cursor
 
 log = structlog.get_logger("skyport.gateway")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""The newest protocol the gateway speaks; a client asks for one with ``?protocol=`` (1 when it does not)."""
+BATCHES_FROM = 2
+"""The first protocol in which changes that come together may come as one ``files`` message."""
 CLOSE_REVOKED = 4001
 CLOSE_TOO_SLOW = 4008
 PAGE_SIZE = 500
-MESSAGE_TYPES = ("hello", "file", "live", "programs", "heartbeat")
+FIRST_PAGE_SIZE = 50
+"""Changes read first after a wake-up: the catalog answers for a few at once, so the first clients hear of a
+burst while the rest is read."""
+FILES_PER_MESSAGE = 100
+"""At most this many files in one ``files`` message (about 70 kB: well under any WebSocket library's limit)."""
+MESSAGE_TYPES = ("hello", "file", "files", "live", "programs", "heartbeat")
 _HAND_OVER_EVERY = 0.01
 """Seconds of offering changes to streams before the writers get a turn (see :meth:`Hub.publish`)."""
 
@@ -81,22 +96,101 @@ def file_view(product: Product) -> dict[str, Any]:
     return view
 
 
-def dumps(message: dict[str, Any]) -> str:
+def dumps(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"))
+
+
+def file_item(product: Product) -> str:
+    """A product as one item of a ``files`` message, ``{"cursor": ..., "file": ...}``, serialised."""
+    return dumps({"cursor": product.cursor, "file": file_view(product)})
+
+
+def file_message(item: str, *, backlog: bool) -> bytes:
+    """The ``file`` message of an item: the same text with its type in front (one serialisation for both)."""
+    return ('{"type":"file","backlog":' + ("true," if backlog else "false,") + item[1:]).encode()
+
+
+def files_messages(items: Sequence[str], cursors: Sequence[str], *, backlog: bool) -> list[bytes]:
+    """Items in order as ``files`` messages of up to FILES_PER_MESSAGE each; a message's cursor is its last file's."""
+    messages = []
+    for first in range(0, len(items), FILES_PER_MESSAGE):
+        chunk = items[first : first + FILES_PER_MESSAGE]
+        cursor = cursors[first + len(chunk) - 1]
+        head = '{"type":"files","backlog":' + ("true" if backlog else "false") + ',"cursor":' + dumps(cursor)
+        messages.append((head + ',"files":[' + ",".join(chunk) + "]}").encode())
+    return messages
 
 
 @dataclass(frozen=True)
 class Change:
-    """One change in the catalog order, and its live ``file`` message (the same text for every client)."""
+    """One change in the catalog order, serialised once for every client.
+
+    ``item`` is its entry in a ``files`` message and ``live_message`` its own ``file`` message, built from
+    the same text.
+    """
 
     seq: int
     program: Program
-    live_message: str
+    cursor: str
+    item: str
+    live_message: bytes
 
     @classmethod
     def of(cls, product: Product) -> Change:
-        message = {"type": "file", "backlog": False, "cursor": product.cursor, "file": file_view(product)}
-        return cls(decode_cursor(product.cursor), (product.mission, product.propid), dumps(message))
+        item = file_item(product)
+        program = (product.mission, product.propid)
+        return cls(decode_cursor(product.cursor), program, product.cursor, item, file_message(item, backlog=False))
+
+
+class ChangeBatch:
+    """Changes read together from the catalog order (a page), offered to every stream at once.
+
+    The changes are grouped by program once, so that a stream's share is a lookup per program, never a look
+    at every change for every stream; and the messages of a share are built once, then the same bytes are
+    queued for every stream that has that share (a thousand members of one program: one build).
+    """
+
+    def __init__(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            raise ValueError("a batch holds at least one change")
+        self.changes = list(changes)
+        self.first = self.changes[0].seq
+        self.last = self.changes[-1].seq
+        self.by_program: dict[Program, list[Change]] = {}
+        for change in self.changes:
+            self.by_program.setdefault(change.program, []).append(change)
+        self._built: dict[tuple[tuple[Program, ...], bool], tuple[str, list[bytes]]] = {}
+
+    def messages(self, visible: frozenset[Program], after: int, *, batched: bool) -> tuple[str, list[bytes]]:
+        """The live messages, and their type, of this batch's changes after position ``after`` in ``visible``.
+
+        ``batched``: as ``files`` messages (protocol 2) when there is more than one change, else one ``file``
+        message per change.
+        """
+        # Whichever is smaller is walked: a user may carry many programs, a page may hold many.
+        if len(visible) < len(self.by_program):
+            programs = tuple(sorted(p for p in visible if p in self.by_program))
+        else:
+            programs = tuple(sorted(p for p in self.by_program if p in visible))
+        if not programs:
+            return "file", []
+        whole = after < self.first  # always, except for the batches held while a backlog was read
+        key = (programs, batched)
+        if whole and key in self._built:
+            return self._built[key]
+        if len(programs) == 1:
+            share = self.by_program[programs[0]]
+        else:
+            share = list(heapq.merge(*(self.by_program[p] for p in programs), key=lambda c: c.seq))
+        if not whole:
+            share = [c for c in share if c.seq > after]
+        if batched and len(share) > 1:
+            built = "files", files_messages([c.item for c in share], [c.cursor for c in share], backlog=False)
+        else:
+            built = "file", [c.live_message for c in share]
+        if whole:
+            self._built[key] = built
+        return built
 
 
 class GatewayMetrics:
@@ -138,6 +232,7 @@ class Stream:
         queue_limit: int,
         metrics: GatewayMetrics,
         abort: Callable[[], None],
+        protocol: int = 1,
     ) -> None:
         self.ws = ws
         self.user = user
@@ -148,9 +243,14 @@ class Stream:
         self.visible: frozenset[Program] = frozenset()
         self.set_user(user)
         self.position = 0
-        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_limit)
+        self.protocol = protocol
+        self.batched = protocol >= BATCHES_FROM
+        """Changes that come together go as ``files`` messages (the client speaks protocol 2 or later)."""
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_limit)
         self.queue_limit = queue_limit
-        self.pending: list[Change] | None = []
+        self.pending: list[ChangeBatch] | None = []
+        self._held = 0
+        """Changes in ``pending``."""
         self.metrics = metrics
         self.closing = False
         self._abort = abort
@@ -169,29 +269,37 @@ class Stream:
 
     # --- live (called by the hub; never waits) -------------------------------------------------------------
 
-    def offer(self, change: Change) -> bool:
-        """Take a live change; True when a message was queued for the client (the hub counts them)."""
+    def offer(self, batch: ChangeBatch) -> None:
+        """Take a batch of live changes: queue the client's share, or hold it while the backlog is read."""
         if self.closing:
-            return False
+            return
         if self.pending is not None:
-            self.pending.append(change)
-            if len(self.pending) > self.queue_limit:
+            self.pending.append(batch)
+            self._held += len(batch.changes)
+            if self._held > self.queue_limit:
                 self.close_too_slow()
-            return False
-        return self._deliver(change)
+            return
+        self._deliver(batch)
 
-    def _deliver(self, change: Change) -> bool:
-        if change.seq <= self.position:
-            return False
-        self.position = change.seq
-        return change.program in self.visible and self._queue(change.live_message)
+    def _deliver(self, batch: ChangeBatch) -> None:
+        if batch.last <= self.position:
+            return
+        after, self.position = self.position, batch.last
+        kind, messages = batch.messages(self.visible, after, batched=self.batched)
+        queued = 0
+        for message in messages:
+            if not self._queue(message):
+                break
+            queued += 1
+        if queued:
+            self.metrics.sent(kind, queued)
 
-    def send(self, message: str, kind: str) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         """Queue a message without waiting; a client that cannot keep up is disconnected."""
-        if self._queue(message):
-            self.metrics.sent(kind)
+        if self._queue(dumps(message).encode()):
+            self.metrics.sent(message["type"])
 
-    def _queue(self, message: str) -> bool:
+    def _queue(self, message: bytes) -> bool:
         if self.closing:
             return False
         try:
@@ -204,20 +312,34 @@ class Stream:
     def heartbeat(self) -> None:
         if self.pending is None:
             now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-            self.send(dumps({"type": "heartbeat", "time": now, "cursor": self.cursor}), "heartbeat")
+            self.send({"type": "heartbeat", "time": now, "cursor": self.cursor})
 
     # --- backlog (one client's own; waits for room) --------------------------------------------------------
 
     async def put(self, message: dict[str, Any]) -> None:
-        await self.queue.put(dumps(message))
+        await self.queue.put(dumps(message).encode())
         self.metrics.sent(message["type"])
+
+    async def put_backlog(self, products: Sequence[Product]) -> None:
+        """Queue backlog files in order: ``files`` messages for a client of protocol 2, else one ``file`` each."""
+        items = [file_item(p) for p in products]
+        if self.batched and len(items) > 1:
+            kind, messages = "files", files_messages(items, [p.cursor for p in products], backlog=True)
+        else:
+            kind, messages = "file", [file_message(item, backlog=True) for item in items]
+        for message in messages:
+            if self.closing:
+                return
+            await self.queue.put(message)
+            self.metrics.sent(kind)
 
     def go_live(self, start: int) -> None:
         """The backlog up to ``start`` is queued: send ``live``, then the changes held meanwhile."""
         self.position = max(self.position, start)
-        self.send(dumps({"type": "live", "cursor": self.cursor}), "live")
-        pending, self.pending = self.pending or [], None
-        self.metrics.sent("file", sum(self._deliver(change) for change in pending))
+        self.send({"type": "live", "cursor": self.cursor})
+        pending, self.pending, self._held = self.pending or [], None, 0
+        for batch in pending:
+            self._deliver(batch)  # drops what the backlog held, to the change
 
     # --- closing -----------------------------------------------------------------------------------------
 
@@ -243,7 +365,8 @@ class Stream:
         """Send the queue to the client until the connection ends (the handler cancels this task)."""
         while True:
             message = await self.queue.get()
-            await self.ws.send_str(message)
+            # The bytes are shared by every client with the same share: sent as they are, never encoded per client.
+            await self.ws.send_frame(message, WSMsgType.TEXT)
 
 
 class Hub:
@@ -263,17 +386,20 @@ class Hub:
         self.streams.discard(stream)
         self.metrics.streams.set(len(self.streams))
 
-    async def publish(self, changes: Iterable[Change]) -> None:
-        """Offer each change to every stream, then let the writers run before the next one.
+    async def publish(self, changes: Sequence[Change]) -> None:
+        """Offer the changes, as one batch, to every stream, letting the writers run every few milliseconds.
 
-        Handing over to the writers every few milliseconds matters for bursts (a release of thousands of
-        files): the first clients get the first changes at once instead of after the whole page has been
-        queued for everyone, and the writers still send many messages per turn.
+        Handing over to the writers as it goes matters for bursts (a release of thousands of files) to clients
+        of protocol 1, whose share is a message per change: the first clients get theirs at once instead of
+        after everyone's has been queued, and the writers still send many messages per turn.
         """
+        if not changes:
+            return
+        batch = ChangeBatch(changes)
+        self.metrics.changes.inc(len(batch.changes))
         handed_over = time.monotonic()
-        for change in changes:
-            self.metrics.changes.inc()
-            self.metrics.sent("file", sum(stream.offer(change) for stream in list(self.streams)))
+        for stream in list(self.streams):
+            stream.offer(batch)
             if time.monotonic() - handed_over >= _HAND_OVER_EVERY:
                 await asyncio.sleep(0)  # the writers send what is queued so far
                 handed_over = time.monotonic()
@@ -333,7 +459,7 @@ class Hub:
             return
         before = stream.visible
         stream.set_user(user)
-        stream.send(dumps({"type": "programs", "programs": stream.memberships(), "cursor": stream.cursor}), "programs")
+        stream.send({"type": "programs", "programs": stream.memberships(), "cursor": stream.cursor})
         added = stream.visible - before
         if added and stream.pending is None:
             try:
@@ -374,14 +500,9 @@ async def send_backlog(
     cursor = after
     while True:
         page = await client.search(stream.token, params + ([("cursor", cursor)] if cursor else []))
-        for product in page.products:
-            if decode_cursor(product.cursor) > up_to:
-                return
-            if (product.mission, product.propid) in wanted and not stream.closing:
-                await stream.put(
-                    {"type": "file", "backlog": True, "cursor": product.cursor, "file": file_view(product)}
-                )
-        if not page.more or stream.closing:
+        ahead = [p for p in page.products if decode_cursor(p.cursor) <= up_to]
+        await stream.put_backlog([p for p in ahead if (p.mission, p.propid) in wanted])
+        if len(ahead) < len(page.products) or not page.more or stream.closing:
             return
         cursor = page.next_cursor
 
@@ -421,14 +542,31 @@ class CatalogFeed:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
     async def catch_up(self) -> None:
-        """Publish every change after the feed's position, page by page."""
+        """Publish every change after the feed's position, page by page.
+
+        The first page is small (FIRST_PAGE_SIZE), so that the first clients hear of a burst as soon as the
+        catalog can answer for a few changes; and each next page is read while the hub hands out the last
+        one (the catalog works in a process of its own). Pages are still published one after the other, in
+        the catalog order.
+        """
         assert self.position is not None
-        while True:
-            self._wake.clear()
-            page = await self.client.changes(encode_cursor(self.position), PAGE_SIZE)
-            changes = [Change.of(product) for product in page.products]
-            if changes:
+        self._wake.clear()
+        reading = asyncio.ensure_future(self.client.changes(encode_cursor(self.position), FIRST_PAGE_SIZE))
+        try:
+            while True:
+                page = await reading
+                changes = [Change.of(product) for product in page.products]
+                if not changes:
+                    return
+                if page.more:
+                    self._wake.clear()  # a wake-up from now on asks for a look past this next read
+                    reading = asyncio.ensure_future(self.client.changes(changes[-1].cursor, PAGE_SIZE))
                 self.position = changes[-1].seq
                 await self.hub.publish(changes)
-            if not page.more:
-                return
+                if not page.more:
+                    return
+        finally:
+            if not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CatalogUnavailable, CatalogRefused):
+                    await reading

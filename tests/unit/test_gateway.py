@@ -12,7 +12,15 @@ from prometheus_client import CollectorRegistry
 
 from services.gateway.catalog_client import Membership, Page, User
 from services.gateway.handlers.http import GatewayApi, _stream_parameters
-from services.gateway.streams import CLOSE_TOO_SLOW, Change, GatewayMetrics, Stream, file_view, send_backlog
+from services.gateway.streams import (
+    CLOSE_TOO_SLOW,
+    Change,
+    ChangeBatch,
+    GatewayMetrics,
+    Stream,
+    file_view,
+    send_backlog,
+)
 from services.gateway.tickets import Tickets
 from skyport.api.catalog import Product
 from skyport.cursor import encode_cursor
@@ -86,17 +94,23 @@ def product(seq: int, program: tuple[str, str] = PROGRAM, **fields: Any) -> Prod
     )
 
 
-def stream(limit: int = 10) -> tuple[Stream, RecordingSocket]:
+def batch(*products: Product) -> ChangeBatch:
+    """Changes read together from the catalog order, as the feed hands them to the hub."""
+    return ChangeBatch([Change.of(p) for p in products])
+
+
+def stream(limit: int = 10, *, protocol: int = 1, user: User = ALICE) -> tuple[Stream, RecordingSocket]:
     ws = RecordingSocket()
     made = Stream(
         ws,  # type: ignore[arg-type]
-        ALICE,
+        user,
         "token",
         selection=None,
         night=date(2026, 11, 21),
         queue_limit=limit,
         metrics=GatewayMetrics(CollectorRegistry()),
         abort=lambda: None,
+        protocol=protocol,
     )
     return made, ws
 
@@ -129,15 +143,15 @@ async def test_changes_held_during_the_backlog_follow_it_without_gap_or_duplicat
     s, _ = stream()
     # Live changes 5..7 arrive while the backlog (up to position 5) is being read.
     for seq in (5, 6, 7):
-        s.offer(Change.of(product(seq)))
+        s.offer(batch(product(seq)))
     assert queued(s) == []
     s.go_live(5)
     messages = queued(s)
     assert [m["type"] for m in messages] == ["live", "file", "file"]
     assert messages[0]["cursor"] == encode_cursor(5)
     assert [m["cursor"] for m in messages[1:]] == [encode_cursor(6), encode_cursor(7)]
-    s.offer(Change.of(product(7)))  # seen already: dropped
-    s.offer(Change.of(product(8, OTHER)))  # not a program of alice's: only the position moves
+    s.offer(batch(product(7)))  # seen already: dropped
+    s.offer(batch(product(8, OTHER)))  # not a program of alice's: only the position moves
     assert queued(s) == []
     assert s.position == 8
 
@@ -146,7 +160,7 @@ async def test_a_heartbeat_carries_the_position_even_when_nothing_visible_change
     s, _ = stream()
     s.go_live(3)
     queued(s)
-    s.offer(Change.of(product(9, OTHER)))
+    s.offer(batch(product(9, OTHER)))
     s.heartbeat()
     [beat] = queued(s)
     assert beat["type"] == "heartbeat"
@@ -157,7 +171,7 @@ async def test_a_client_that_cannot_keep_up_is_disconnected_with_4008() -> None:
     s, ws = stream(limit=10)
     s.go_live(0)
     for seq in range(1, 12):
-        s.offer(Change.of(product(seq)))
+        s.offer(batch(product(seq)))
     assert s.closing
     await eventually(lambda: ws.closed_with is not None, timeout=5, what="the close")  # the close runs as a task
     assert ws.closed_with is not None
@@ -187,6 +201,8 @@ def test_a_file_message_carries_the_catalogs_values_as_the_catalog_wrote_them() 
         ("cursor=bogus", "is not one Skyport gave out"),  # code unknown_cursor
         ("program=KECK", "program must be MISSION/PROPID"),
         ("colour=blue", "unknown parameter 'colour'"),
+        ("protocol=0", "protocol must be a whole number from 1"),
+        ("protocol=two", "protocol must be a whole number from 1"),
     ],
 )
 def test_bad_stream_parameters_are_refused_with_a_message(query: str, message: str) -> None:
@@ -198,9 +214,11 @@ def test_bad_stream_parameters_are_refused_with_a_message(query: str, message: s
 
 
 def test_stream_parameters() -> None:
-    night, after, selection = _stream_parameters(
+    night, after, selection, protocol = _stream_parameters(
         make_mocked_request("GET", f"/v1/stream?night=2026-11-21&program=keck/2026B_U1&cursor={encode_cursor(4)}")
     )
+    assert protocol == 1  # a client that does not say speaks the first protocol
+    assert _stream_parameters(make_mocked_request("GET", "/v1/stream?protocol=7"))[3] == 7
     assert night == date(2026, 11, 21)
     assert after == encode_cursor(4)
     assert selection == frozenset({("KECK", "2026B_U1")})

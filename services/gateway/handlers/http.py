@@ -170,7 +170,9 @@ class GatewayApi:
             raise ApiError(
                 400, "this address is a WebSocket: connect with a WebSocket client", code=ErrorCode.NOT_A_WEBSOCKET
             )
-        night, after, selection = _stream_parameters(request)
+        night, after, selection, asked = _stream_parameters(request)
+        # A client names the newest protocol it speaks; the gateway speaks the newest it can of those.
+        protocol = min(asked, PROTOCOL_VERSION)
         if self.feed.position is None:
             raise ApiError(503, "the gateway is still connecting to the catalog; try again in a moment")
         token, user = await self._authenticate(request, ticket_allowed=True)
@@ -187,16 +189,23 @@ class GatewayApi:
             queue_limit=self.queue_limit,
             metrics=self.metrics,
             abort=transport.abort if transport is not None else lambda: None,
+            protocol=protocol,
         )
         start = self.feed.position
         self.hub.attach(stream)
         writer = asyncio.get_running_loop().create_task(stream.write())
-        log.info("client connected", username=user.username, night=str(night or "tonight"), resume=after is not None)
+        log.info(
+            "client connected",
+            username=user.username,
+            night=str(night or "tonight"),
+            resume=after is not None,
+            protocol=protocol,
+        )
         try:
             await stream.put(
                 {
                     "type": "hello",
-                    "protocol": PROTOCOL_VERSION,
+                    "protocol": protocol,
                     "user": user.username,
                     "night": named_night.isoformat(),
                     "programs": stream.memberships(),
@@ -324,12 +333,16 @@ class _Heard:
         self.last = time.monotonic()
 
 
-def _stream_parameters(request: web.Request) -> tuple[date | None, str | None, frozenset[Program] | None]:
+def _stream_parameters(request: web.Request) -> tuple[date | None, str | None, frozenset[Program] | None, int]:
+    """The stream's night, cursor, program selection and the protocol the client asked for (1 by default)."""
     query = request.query
-    unknown = set(query) - {"night", "cursor", "program", "ticket"}
+    unknown = set(query) - {"night", "cursor", "program", "ticket", "protocol"}
     if unknown:
         name = sorted(unknown)[0]
-        raise ApiError(400, f"unknown parameter {name!r}: use night, cursor, program, ticket", parameter=name)
+        raise ApiError(400, f"unknown parameter {name!r}: use night, cursor, program, protocol, ticket", parameter=name)
+    protocol_text = query.get("protocol", "1")
+    if not (len(protocol_text) <= 4 and protocol_text.isascii() and protocol_text.isdigit()) or not int(protocol_text):
+        raise ApiError(400, f"protocol must be a whole number from 1, not {protocol_text[:20]!r}", parameter="protocol")
     night_text = query.get("night") or ""
     try:
         night = date.fromisoformat(night_text) if night_text else None  # None: tonight, once the user is known
@@ -351,4 +364,4 @@ def _stream_parameters(request: web.Request) -> tuple[date | None, str | None, f
         if match is None:
             raise ApiError(400, f"program must be MISSION/PROPID, not {text[:80]!r}", parameter="program")
         selection.add((match.group(1).upper(), match.group(2)))
-    return night, after, frozenset(selection) if selection else None
+    return night, after, frozenset(selection) if selection else None, int(protocol_text)
