@@ -7,12 +7,13 @@ catalog's commits and must not be starved. It is not meant to be run by hand.
 Talking to it, one JSON document per line:
 
 - stdin, first line: ``{"gateway": URL, "tokens": [...], "params": [[name, value], ...], "concurrency": n,
-  "compress": bool}`` (tokens on stdin, never on the command line where ``ps`` shows them; ``compress`` asks for
+  "compress": bool}`` (``params`` may hold ``protocol``: with 2, live changes that come together arrive as
+  ``files`` messages) (tokens on stdin, never on the command line where ``ps`` shows them; ``compress`` asks for
   permessage-deflate, as browsers do). One client per token is connected to
   ``GET /v1/stream`` with ``Authorization: Bearer``, at most ``concurrency`` handshakes at once; when all are
   live (or have failed), the process writes ``{"ready": connected, "live": n, "failed": [...], "seconds": s}``.
-- stdin ``count``: answered with ``{"files": n, "closed": n}``, the live ``file`` messages received so far by all
-  clients together and how many connections have ended.
+- stdin ``count``: answered with ``{"files": n, "closed": n}``, the live files received so far by all clients
+  together (in ``file`` or ``files`` messages) and how many connections have ended.
 - stdin ``stop PATH``: every client closes; the results go to PATH as JSON (per client: its live ``file``
   messages as ``[cursor, arrival]``, whether the server ended it first and with which close code, and its other
   messages by type; for the process:
@@ -20,8 +21,9 @@ Talking to it, one JSON document per line:
 
 The arrival time is ``time.time()`` when the client's reader has the frame, the same clock as the benchmark's.
 A live ``file`` message is recognised by its first bytes and its cursor and archive ID sliced out, which costs a
-fraction of ``json.loads`` (a burst brings hundreds of thousands of them to two cores); any other message, or a
-``file`` message laid out otherwise, is parsed in full.
+fraction of ``json.loads`` (a burst brings hundreds of thousands of them to two cores); a live ``files`` message
+likewise, each of its files noted with the message's arrival; any other message, or one laid out otherwise, is
+parsed in full.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from typing import Any
 import aiohttp
 
 _LIVE_FILE = '{"type":"file","backlog":false,"cursor":"'
+_LIVE_FILES = '{"type":"files","backlog":false,"cursor":"'
+_ITEM = '{"cursor":"'  # a file of a files message; never inside a JSON string, whose quotes are escaped
 _ARCHIVE_ID = '"archive_id":"'
 
 
@@ -79,6 +83,8 @@ class Client:
             self.ended.set()
 
     def _note(self, text: str, arrival: float) -> None:
+        if text.startswith(_LIVE_FILES) and self._note_files(text, arrival):
+            return
         if text.startswith(_LIVE_FILE):
             start = len(_LIVE_FILE)
             end = text.find('"', start)
@@ -96,9 +102,37 @@ class Client:
             self.files.append((message["cursor"], arrival))
             self.archive_ids.setdefault(message["cursor"], message["file"]["archive_id"])
             return
-        self.others["backlog" if kind == "file" else kind] += 1
+        if kind == "files" and message.get("backlog") is False:
+            for item in message["files"]:
+                self.files.append((item["cursor"], arrival))
+                self.archive_ids.setdefault(item["cursor"], item["file"]["archive_id"])
+            return
+        self.others["backlog" if kind in ("file", "files") else kind] += 1
         if kind == "live":
             self.live.set()
+
+    def _note_files(self, text: str, arrival: float) -> bool:
+        """Note every file of a live ``files`` message by slicing; False when it is laid out otherwise."""
+        at = text.find('"files":[', len(_LIVE_FILES))
+        noted: list[tuple[str, str]] = []
+        while at > 0:
+            at = text.find(_ITEM, at)
+            if at < 0:
+                break
+            start = at + len(_ITEM)
+            end = text.find('"', start)
+            found = text.find(_ARCHIVE_ID, end)
+            if end < 0 or found < 0:
+                return False
+            found += len(_ARCHIVE_ID)
+            at = text.find('"', found)
+            noted.append((text[start:end], text[found:at]))
+        if not noted:
+            return False
+        for cursor, archive_id in noted:
+            self.files.append((cursor, arrival))
+            self.archive_ids.setdefault(cursor, archive_id)
+        return True
 
 
 def say(document: dict[str, Any]) -> None:
