@@ -10,8 +10,9 @@ from pathlib import Path
 from services.ingestor.archive import ArchiveFiles
 from services.ingestor.handlers.events import on_transfer_received
 from services.ingestor.ingest import Ingestor, IngestorDatabase
+from services.ingestor.scrubber import Scrubber, ScrubMetrics
 from services.ingestor.settings import IngestorSettings
-from services.ingestor.storage import PostgresIngestorDatabase
+from services.ingestor.storage import PostgresIngestorDatabase, PostgresScrubRecords
 from skyport.bus import Subscription
 from skyport.bus.topology import INGESTOR_TRANSFER_RECEIVED
 from skyport.events import TransferReceived
@@ -48,6 +49,15 @@ async def lifespan(ctx: ServiceContext[IngestorSettings]) -> AsyncIterator[None]
     await asyncio.to_thread(settings.storage_dir.mkdir, parents=True, exist_ok=True)
     ingestor = Ingestor(settings.staging_dir, ArchiveFiles(settings.storage_dir), instruments)
     ctx.start_outbox_relay()
+    if settings.scrub_rate > 0:
+        scrubber = Scrubber(
+            PostgresScrubRecords(ctx.database),
+            ingestor.storage,
+            ScrubMetrics(ctx.metrics.registry),
+            rate=settings.scrub_rate,
+            interval=settings.scrub_interval,
+        )
+        ctx.supervise("scrubber", scrubber.run)
     await ctx.subscribe(
         transfer_received_subscription(
             PostgresIngestorDatabase(ctx.database), ingestor, prefetch=settings.ingest_concurrency

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -283,10 +284,18 @@ class Ingestor:
 def verify_staged(staged: Path, received: TransferReceived, instruments: InstrumentCatalog) -> None:
     """The staged bytes are the manifest's, and its header says what the manifest says.
 
-    The bytes were verified as FITS (every HDU, CHECKSUM/DATASUM) by DEP at the observatory; the sha256 proves
-    these are the same bytes, so only the header is read again, to check it against the instrument rules.
+    The bytes were verified as FITS (every HDU, CHECKSUM/DATASUM) by DEP at the observatory, and the receiver
+    hashed them as it wrote them and made them durable before it said "received": the sha256 proves these are
+    the same bytes, so they are not read again here (the scrubber re-reads archived files later, at its own pace),
+    only the size is checked and the header read, to check it against the instrument rules. Unless another name
+    holds the staged inode (shared-filesystem mode links the observatory's own file into staging): whoever holds
+    it may have changed the bytes since the receiver's check, so they are hashed again.
     """
-    digest, size = sha256_file(staged)
+    status = os.stat(staged)
+    if status.st_nlink > 1:
+        digest, size = sha256_file(staged)
+    else:
+        digest, size = received.sha256, status.st_size
     if (digest, size) != (received.sha256, received.size_bytes):
         raise IngestRejected(
             f"staged file has {size} bytes with sha256 {digest}; the manifest says {received.size_bytes} "

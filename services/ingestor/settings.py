@@ -19,3 +19,15 @@ class IngestorSettings(CommonSettings):
         default=Path("deploy/instruments"), description="The instrument configuration files (one TOML each)."
     )
     ingest_concurrency: int = Field(default=4, ge=1, description="Files ingested at once (the queue's prefetch).")
+    scrub_rate: int = Field(
+        default=20_000_000,
+        ge=0,
+        description="Bytes per second at most that the scrubber reads archived files at, to hash them again "
+        "(0: no scrubber).",
+    )
+    scrub_interval: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="Seconds between two scrubs of one archived version (a new version is first scrubbed this long "
+        "after it was archived: the receiver's hash proved it then).",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -90,8 +90,9 @@ class VersionStore:
         the content it replaces: the catalog goes by that order.
         """
         archived_at: datetime = await self.conn.fetchval(
-            "UPDATE archived_files SET sha256 = $3, size_bytes = $4, transfer_id = $5, archived_at = clock_timestamp() "
-            "WHERE archive_id = $1 AND version = $2 RETURNING archived_at",
+            "UPDATE archived_files SET sha256 = $3, size_bytes = $4, transfer_id = $5, "
+            "archived_at = clock_timestamp(), scrubbed_at = NULL WHERE archive_id = $1 AND version = $2 "
+            "RETURNING archived_at",
             archive_id,
             version,
             sha256,
@@ -109,6 +110,65 @@ class VersionStore:
             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (archive_id, sha256) DO NOTHING",
             [(archive_id, sha256, size, version, archived, transfer_id) for sha256, size, archived in contents],
         )
+
+
+@dataclass(frozen=True)
+class ScrubCandidate:
+    """An archived version due for the scrubber: what its bytes in storage must be."""
+
+    archive_id: str
+    version: int
+    sha256: str
+    size_bytes: int
+    storage_path: str
+
+
+class PostgresScrubRecords:
+    """What the scrubber reads and writes (``scrubbed_at`` and ``scrub_findings``), each call its own transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def due(self, older_than: timedelta, limit: int) -> list[ScrubCandidate]:
+        """Versions not hashed again (or archived) for ``older_than``, the longest waiting first."""
+        rows = await self.db.pool.fetch(
+            "SELECT archive_id, version, sha256, size_bytes, storage_path FROM archived_files "
+            "WHERE coalesce(scrubbed_at, archived_at) <= now() - $1::interval "
+            "ORDER BY coalesce(scrubbed_at, archived_at) LIMIT $2",
+            older_than,
+            limit,
+        )
+        return [ScrubCandidate(**dict(row)) for row in rows]
+
+    async def scrubbed(
+        self, candidate: ScrubCandidate, problem: str | None, found_sha256: str | None, found_size: int | None
+    ) -> bool:
+        """Note that ``candidate`` was hashed again, with the problem found (None: sound); False if the version
+        changed meanwhile (a complete file replaced it), when what was found says nothing of what is there now."""
+        async with self.db.transaction() as conn:
+            updated = await conn.fetchval(
+                "UPDATE archived_files SET scrubbed_at = now() "
+                "WHERE archive_id = $1 AND version = $2 AND sha256 = $3 RETURNING true",
+                candidate.archive_id,
+                candidate.version,
+                candidate.sha256,
+            )
+            if not updated:
+                return False
+            if problem is not None:
+                await conn.execute(
+                    "INSERT INTO scrub_findings (archive_id, version, storage_path, expected_sha256, expected_size, "
+                    "found_sha256, found_size, problem) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    candidate.archive_id,
+                    candidate.version,
+                    candidate.storage_path,
+                    candidate.sha256,
+                    candidate.size_bytes,
+                    found_sha256,
+                    found_size,
+                    problem,
+                )
+            return True
 
 
 class PostgresUnitOfWork:

@@ -187,13 +187,34 @@ async def test_a_partial_file_arriving_after_the_complete_one_is_never_archived(
 async def test_bytes_that_are_not_the_manifest_s_are_refused_and_set_aside(archive: Archive) -> None:
     manifest, content = archive.manifest(archive.new_file())
 
-    verdict = await archive.send(manifest, content[:-1] + b"X")
+    # The receiver proved the staged bytes' sha256 as it wrote them; the ingestor checks their size and header.
+    verdict = await archive.send(manifest, content[:-1])
 
     assert isinstance(verdict, IngestFailed)
     assert "the manifest says" in verdict.reason
     assert archive.archived() == []
     assert archive.announced() == []
     assert [p.parent.name for p in archive.staged()] == [".rejected"]  # kept for inspection
+
+
+async def test_a_staged_file_linked_from_elsewhere_is_hashed_again(archive: Archive, tmp_path: Path) -> None:
+    """Shared-filesystem mode links the observatory's file into staging: whoever holds that inode may have changed
+    its bytes since the receiver hashed them, so the ingestor hashes them again and refuses other bytes."""
+    manifest, content = archive.manifest(archive.new_file())
+    event = archive.received(manifest, content)
+    staged = archive.staging / event.data.staged_path
+    outside = tmp_path / "observatory-copy"
+    outside.hardlink_to(staged)
+    with outside.open("r+b") as changed:  # the same size, one byte changed, after the receiver's check
+        changed.seek(len(content) // 2)
+        changed.write(bytes([content[len(content) // 2] ^ 0xFF]))
+    await archive.bus.publish(event)
+    await eventually(lambda: archive.verdict(event.data.transfer_id) is not None, what="the ingestor's verdict")
+
+    verdict = archive.verdict(event.data.transfer_id)
+    assert isinstance(verdict, IngestFailed)
+    assert "the manifest says" in verdict.reason
+    assert archive.archived() == []
 
 
 async def test_a_redelivered_event_is_ingested_once(archive: Archive) -> None:
