@@ -53,7 +53,7 @@ BATCHES_FROM = 2
 CLOSE_REVOKED = 4001
 CLOSE_TOO_SLOW = 4008
 PAGE_SIZE = 500
-FIRST_PAGE_SIZE = 50
+FIRST_PAGE_SIZE = 10
 """Changes read first after a wake-up: the catalog answers for a few at once, so the first clients hear of a
 burst while the rest is read."""
 FILES_PER_MESSAGE = 100

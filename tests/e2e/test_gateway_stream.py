@@ -169,6 +169,52 @@ async def test_a_collaborator_sees_files_at_once_and_stops_when_removed(observat
     await collaborator.close()
 
 
+async def test_a_release_reaches_a_protocol_2_client_as_one_files_message_whose_cursor_resumes_exactly(
+    observatory: Observatory,
+) -> None:
+    flow, propid = observatory.flow, observatory.propid
+    client = await observatory.connect(observatory.pi, protocol="2")
+    assert client.of_type("hello")[0]["protocol"] == 2
+    archive_ids = [f"KECK.BURST.{propid[-4:]}.{index:02d}" for index in range(4)]
+    bus = create_bus(flow.amqp_url, service="test")
+    await bus.start()
+    try:
+        for archive_id in archive_ids:
+            await bus.publish(event_of(archived(archive_id, propid=propid)))
+    finally:
+        await bus.close()
+    await eventually(
+        lambda: set(archive_ids) <= set(client.archive_ids()), timeout=60, what="the products before the release"
+    )
+    before = client.cursor
+    assert before is not None
+    had = len(client.messages)  # the four may have come in one files message too (catalogued together)
+
+    # One transaction makes the four public: the gateway reads them together and sends them in one message.
+    url = f"{flow.gateway_url}/v1/programs/KECK/{propid}/release"
+    headers = {"Authorization": f"Bearer {observatory.pi}"}
+    async with observatory.http.post(url, json={"archive_ids": archive_ids}, headers=headers) as response:
+        assert response.status == 200
+    await eventually(lambda: any(m["type"] == "files" for m in client.messages[had:]), timeout=60, what="the release")
+    [burst] = [m for m in client.messages[had:] if m["type"] in ("file", "files")]
+    assert burst["type"] == "files"
+    assert burst["backlog"] is False
+    released = [item["file"] for item in burst["files"]]
+    assert sorted(f["archive_id"] for f in released) == archive_ids
+    assert all(f["state"] == "public" for f in released)
+    assert burst["cursor"] == burst["files"][-1]["cursor"]
+
+    # A client that had everything before the release and resumes from there gets exactly the release.
+    resumed = await observatory.connect(observatory.pi, protocol="2", cursor=before)
+    [gap] = resumed.of_type("files")
+    assert gap["backlog"] is True
+    assert [item["cursor"] for item in gap["files"]] == [item["cursor"] for item in burst["files"]]
+    assert [item["file"]["archive_id"] for item in gap["files"]] == [f["archive_id"] for f in released]
+    assert resumed.of_type("file") == []
+    for stream in (client, resumed):
+        await stream.close()
+
+
 CONTENT = b"SIMPLE  =                    T" * 100
 
 

@@ -50,8 +50,13 @@ class StreamClient:
         return [m for m in self.messages if m["type"] == kind]
 
     def files(self, *, backlog: bool | None = None) -> list[dict[str, Any]]:
-        """The ``file`` objects received, in order (only backlog or only live ones if asked)."""
-        return [m["file"] for m in self.of_type("file") if backlog is None or m["backlog"] is backlog]
+        """The ``file`` objects received, in order, from ``file`` and (protocol 2) ``files`` messages; only
+        backlog or only live ones if asked."""
+        found: list[dict[str, Any]] = []
+        for m in self.messages:
+            if m["type"] in ("file", "files") and (backlog is None or m["backlog"] is backlog):
+                found += [m["file"]] if m["type"] == "file" else [item["file"] for item in m["files"]]
+        return found
 
     def archive_ids(self) -> list[str]:
         return [f["archive_id"] for f in self.files()]
