@@ -403,6 +403,9 @@ class Hub:
             if time.monotonic() - handed_over >= _HAND_OVER_EVERY:
                 await asyncio.sleep(0)  # the writers send what is queued so far
                 handed_over = time.monotonic()
+        # The writers take this batch before the next is offered (it may be read already): a client's queue
+        # holds about a batch at a time, not a whole release.
+        await asyncio.sleep(0)
 
     def heartbeat(self) -> None:
         for stream in list(self.streams):
