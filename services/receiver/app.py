@@ -9,18 +9,20 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from services.receiver.handlers.events import on_ingest_result
+from services.receiver.handlers.events import on_ingest_result, on_ingest_results
 from services.receiver.handlers.http import TransferApi
 from services.receiver.settings import ReceiverSettings
 from services.receiver.staging import Staging
 from services.receiver.storage import PostgresReceiverDatabase
 from services.receiver.transfers import ReceiverDatabase, ReceiverMetrics, TransferService
-from skyport.bus import Subscription
+from skyport.bus import Batching, Subscription
 from skyport.bus.topology import RECEIVER_INGEST_RESULTS
 from skyport.events import IngestCompleted, IngestFailed
 from skyport.runtime import ServiceContext, ServiceSpec
 
 RESULTS_QUEUE = RECEIVER_INGEST_RESULTS.name
+RESULTS_BATCH = 50
+"""Ingest results recorded per transaction at most (a burst of files costs one commit per batch)."""
 CONSUMER = "receiver"
 """The name under which handled ingest results are recorded (skyport.db.idempotency)."""
 
@@ -45,12 +47,15 @@ def ingest_results_subscription(
     queue: str = RESULTS_QUEUE,
     bindings: tuple[str, ...] = RECEIVER_INGEST_RESULTS.bindings,
 ) -> Subscription:
-    """The ingest.completed / ingest.failed consumer: one event per transaction, once per event id."""
+    """The ingest.completed / ingest.failed consumer: a batch of verdicts per transaction (one by one when a batch
+    fails: see skyport.bus.Batching), once per event id."""
     return Subscription(
         queue,
         bindings,
         database.consumer(CONSUMER, on_ingest_result),
         models={m.event_type: m for m in (IngestCompleted, IngestFailed)},
+        prefetch=2 * RESULTS_BATCH,
+        batching=Batching(database.batch_consumer(CONSUMER, on_ingest_results), size=RESULTS_BATCH, wait=0.02),
     )
 
 

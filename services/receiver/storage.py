@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,9 +12,9 @@ from typing import Any
 
 import asyncpg
 
-from skyport.bus import Handler
-from skyport.db import Database, enqueue, idempotent
-from skyport.events import CloudEvent
+from skyport.bus import BatchHandler, Handler
+from skyport.db import Database, enqueue_many, idempotent, idempotent_batch
+from skyport.events import CloudEvent, IngestCompleted, IngestFailed
 from skyport.http import hash_token
 from skyport.transfer import Manifest, TransferState, TransferStatus
 
@@ -157,6 +157,42 @@ class TransferStore:
             duplicate,
         )
 
+    async def mark_received(self, transfer_id: str, staged_path: str) -> Transfer | None:
+        """The transfer received now, its file at ``staged_path``; None if it was not waiting for its content.
+
+        One statement: the row lock it takes orders two uploads of one transfer (from two processes), and only the
+        first finds it ``created``.
+        """
+        row = await self.conn.fetchrow(
+            "UPDATE transfers SET state = 'received', staged_path = $2, updated_at = now() "
+            "WHERE transfer_id = $1 AND state = 'created' RETURNING *",
+            uuid.UUID(transfer_id),
+            staged_path,
+        )
+        return None if row is None else _transfer(row)
+
+    async def record_results(self, results: Sequence[IngestCompleted | IngestFailed]) -> set[str]:
+        """Each transfer's verdict in one statement (the last one given for a transfer wins); returns the ids of
+        the transfers found."""
+        last = {r.transfer_id: r for r in results}
+        rows = await self.conn.fetch(
+            "UPDATE transfers AS t SET state = r.state, reason = r.reason, version = coalesce(r.version, t.version), "
+            "duplicate = r.duplicate, updated_at = now() "
+            "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bool[]) "
+            "AS r(transfer_id, state, reason, version, duplicate) "
+            "WHERE t.transfer_id = r.transfer_id RETURNING t.transfer_id",
+            [uuid.UUID(transfer_id) for transfer_id in last],
+            [_state(r).value for r in last.values()],
+            [r.reason if isinstance(r, IngestFailed) else None for r in last.values()],
+            [r.version if isinstance(r, IngestCompleted) else None for r in last.values()],
+            [isinstance(r, IngestCompleted) and r.duplicate for r in last.values()],
+        )
+        return {str(row["transfer_id"]) for row in rows}
+
+
+def _state(result: IngestCompleted | IngestFailed) -> TransferState:
+    return TransferState.INGESTED if isinstance(result, IngestCompleted) else TransferState.FAILED
+
 
 class PostgresUnitOfWork:
     """The receiver's tables on one connection, and its outbox: an event published here commits with the rows."""
@@ -167,7 +203,7 @@ class PostgresUnitOfWork:
         self.transfers = TransferStore(conn)
 
     async def publish(self, event: CloudEvent[Any]) -> None:
-        await enqueue(self.conn, event)
+        await enqueue_many(self.conn, [event])  # one round trip (the row and its notification)
 
 
 class PostgresReceiverDatabase:
@@ -191,3 +227,11 @@ class PostgresReceiverDatabase:
             await handler(PostgresUnitOfWork(conn), event)
 
         return idempotent(self.db, name, handle)
+
+    def batch_consumer(
+        self, name: str, handler: Callable[[PostgresUnitOfWork, Sequence[CloudEvent[Any]]], Awaitable[None]]
+    ) -> BatchHandler:
+        async def handle(conn: asyncpg.Connection, events: Sequence[CloudEvent[Any]]) -> None:
+            await handler(PostgresUnitOfWork(conn), events)
+
+        return idempotent_batch(self.db, name, handle)

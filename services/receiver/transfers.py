@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -15,11 +15,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.receiver.staging import ChecksumMismatch, StagedFile, Staging
 from services.receiver.storage import Transfer
-from skyport.bus import Handler
+from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed, TransferReceived
 from skyport.transfer import Manifest, TransferState
 
 SOURCE = "/skyport/receiver"
+BLOCK_BYTES = 4 << 20
+"""Bytes of an upload hashed and written at a time, in a thread, while the next block is received."""
 
 log = structlog.get_logger("skyport.receiver")
 
@@ -84,6 +86,14 @@ class TransferRecords(Protocol):
         duplicate: bool = False,
     ) -> None: ...
 
+    async def mark_received(self, transfer_id: str, staged_path: str) -> Transfer | None:
+        """The transfer received now, its file at ``staged_path``; None if it was not waiting for its content."""
+        ...
+
+    async def record_results(self, results: Sequence[IngestCompleted | IngestFailed]) -> set[str]:
+        """Each transfer's verdict (the last one given for it wins); returns the ids of the transfers found."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """The receiver's records on one connection, and its outbox: what is published commits with the records."""
@@ -98,6 +108,7 @@ class UnitOfWork(Protocol):
 
 
 EventHandler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+BatchEventHandler = Callable[[UnitOfWork, Sequence[CloudEvent[Any]]], Awaitable[None]]
 
 
 class ReceiverDatabase(Protocol):
@@ -109,11 +120,16 @@ class ReceiverDatabase(Protocol):
         ...
 
     def connection(self) -> AbstractAsyncContextManager[UnitOfWork]:
-        """A unit of work without a transaction, for a read of one statement (no BEGIN and COMMIT to pay)."""
+        """A unit of work without a transaction, each statement committed on its own: for a read, or a write that
+        stands alone (no BEGIN and COMMIT to pay)."""
         ...
 
     def consumer(self, name: str, handler: EventHandler) -> Handler:
         """The bus handler that runs ``handler`` once per event id, in a transaction of its own."""
+        ...
+
+    def batch_consumer(self, name: str, handler: BatchEventHandler) -> BatchHandler:
+        """The bus batch handler that runs ``handler`` on a batch's events not handled before, in one transaction."""
         ...
 
 
@@ -179,7 +195,9 @@ class TransferService:
             )
         if manifest.shared_path is not None and self.shared_dir is None:
             raise SharedModeDisabled("shared-filesystem mode is not enabled on this receiver: upload the content")
-        async with self.database.transaction() as unit:
+        # No transaction: the insert stands alone (it either adds the row or finds one there), and BEGIN and
+        # COMMIT would be two more round trips for every file.
+        async with self.database.connection() as unit:
             transfer, created = await unit.transfers.create(site, manifest)
         log.info(
             "transfer created" if created else "transfer already known",
@@ -233,15 +251,30 @@ class TransferService:
         manifest = transfer.manifest
         hasher = hashlib.sha256()
         part = await asyncio.to_thread(self.staging.open_part, transfer.transfer_id)
+        # The body arrives in pieces of what the socket had (tens of KB); they are gathered into blocks, and each
+        # block is hashed and written in a thread while the next one is received: one thread hop per block, and
+        # the network, the hash and the disk kept busy at once. At most two blocks are held.
+        writing: asyncio.Future[None] | None = None
         try:
             received = 0
+            block = bytearray()
             async for chunk in content:
                 received += len(chunk)
                 if received > manifest.size_bytes:
                     self.metrics.rejected.labels("too_large").inc()
                     raise TooLarge(f"more bytes than the manifest's {manifest.size_bytes}")
-                # hashlib and the write both release the GIL: a thread keeps the loop free for other uploads.
-                await asyncio.to_thread(_hash_and_write, hasher, part, chunk)
+                block += chunk
+                if len(block) >= BLOCK_BYTES:
+                    if writing is not None:
+                        await asyncio.shield(writing)  # a cancelled upload still waits for the thread (below)
+                    # hashlib and the write both release the GIL: the loop stays free for other uploads.
+                    writing = asyncio.ensure_future(asyncio.to_thread(_hash_and_write, hasher, part, block))
+                    block = bytearray()
+            if writing is not None:
+                await asyncio.shield(writing)
+                writing = None
+            if block:
+                await asyncio.to_thread(_hash_and_write, hasher, part, block)
             staged = await asyncio.to_thread(
                 self.staging.commit_part,
                 transfer.transfer_id,
@@ -256,6 +289,9 @@ class TransferService:
             log.warning("upload rejected", transfer_id=transfer.transfer_id, reason=str(exc))
             raise BadChecksum(f"checksum mismatch: {exc}") from None
         except BaseException:
+            if writing is not None:
+                # The thread keeps writing to the part whatever happens here: let it finish before closing.
+                await asyncio.gather(writing, return_exceptions=True)
             part.close()
             await asyncio.to_thread(self.staging.discard_part, transfer.transfer_id)
             raise
@@ -288,15 +324,12 @@ class TransferService:
             transfer_received(transfer, staged), source=SOURCE, correlation_id=transfer.transfer_id
         )
         async with self.database.transaction() as unit:
-            current = await unit.transfers.get(transfer.transfer_id, for_update=True)
-            assert current is not None
             # Two uploads of one transfer can both reach here (from two processes): the first one records it.
-            if current.state is TransferState.CREATED:
-                await unit.transfers.set_state(
-                    transfer.transfer_id, TransferState.RECEIVED, staged_path=staged.relative_path
-                )
+            updated = await unit.transfers.mark_received(transfer.transfer_id, staged.relative_path)
+            if updated is not None:
                 await unit.publish(event)
-            updated = await unit.transfers.get(transfer.transfer_id)
+            else:
+                updated = await unit.transfers.get(transfer.transfer_id)
         assert updated is not None
         log.info(
             "file staged",
@@ -346,6 +379,15 @@ async def record_ingest_result(unit: UnitOfWork, result: IngestCompleted | Inges
         await unit.transfers.set_state(result.transfer_id, TransferState.FAILED, reason=result.reason)
 
 
-def _hash_and_write(hasher: Any, part: BinaryIO, chunk: bytes) -> None:
-    hasher.update(chunk)
-    part.write(chunk)
+async def record_ingest_results(unit: UnitOfWork, results: Sequence[IngestCompleted | IngestFailed]) -> None:
+    """:func:`record_ingest_result` for a batch, in one statement; raises :class:`UnknownTransfer` if any of the
+    transfers was never received here (the batch is then recorded again one verdict at a time)."""
+    found = await unit.transfers.record_results(results)
+    unknown = sorted({r.transfer_id for r in results} - found)
+    if unknown:
+        raise UnknownTransfer(f"no transfer {unknown[0]!r} was received here")
+
+
+def _hash_and_write(hasher: Any, part: BinaryIO, block: bytearray) -> None:
+    hasher.update(block)
+    part.write(block)

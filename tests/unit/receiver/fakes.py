@@ -7,16 +7,16 @@ import asyncio
 import copy
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from services.receiver.storage import Transfer
-from services.receiver.transfers import EventHandler
-from skyport.bus import Handler
-from skyport.events import CloudEvent
+from services.receiver.transfers import BatchEventHandler, EventHandler
+from skyport.bus import BatchHandler, Handler
+from skyport.events import CloudEvent, IngestCompleted, IngestFailed
 from skyport.http import hash_token
 from skyport.transfer import Manifest, TransferState
 
@@ -86,6 +86,27 @@ class FakeTransfers:
             updated_at=_now(),
         )
 
+    async def mark_received(self, transfer_id: str, staged_path: str) -> Transfer | None:
+        old = self.tables.transfers[transfer_id]
+        if old.state is not TransferState.CREATED:
+            return None
+        await self.set_state(transfer_id, TransferState.RECEIVED, staged_path=staged_path)
+        return self.tables.transfers[transfer_id]
+
+    async def record_results(self, results: Sequence[IngestCompleted | IngestFailed]) -> set[str]:
+        found = set()
+        for result in results:
+            if result.transfer_id not in self.tables.transfers:
+                continue
+            found.add(result.transfer_id)
+            if isinstance(result, IngestCompleted):
+                await self.set_state(
+                    result.transfer_id, TransferState.INGESTED, version=result.version, duplicate=result.duplicate
+                )
+            else:
+                await self.set_state(result.transfer_id, TransferState.FAILED, reason=result.reason)
+        return found
+
 
 class FakeUnitOfWork:
     def __init__(self, tables: Tables) -> None:
@@ -136,6 +157,18 @@ class FakeReceiverDatabase:
                     return
                 unit.tables.handled.add((name, event.id))
                 await handler(unit, event)
+
+        return handle
+
+    def batch_consumer(self, name: str, handler: BatchEventHandler) -> BatchHandler:
+        """As ``skyport.db.idempotent_batch``: the batch's new event ids claimed in the handler's transaction."""
+
+        async def handle(events: Sequence[CloudEvent[Any]]) -> None:
+            async with self.transaction() as unit:
+                fresh = {e.id: e for e in events if (name, e.id) not in unit.tables.handled}
+                unit.tables.handled.update((name, event_id) for event_id in fresh)
+                if fresh:
+                    await handler(unit, list(fresh.values()))
 
         return handle
 

@@ -9,6 +9,7 @@ import pytest
 
 from services.receiver.app import ingest_results_subscription
 from services.receiver.storage import Transfer
+from services.receiver.transfers import UnknownTransfer
 from skyport.bus import PermanentError
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed
 from skyport.transfer import Manifest, TransferState
@@ -17,9 +18,9 @@ from tests.unit.receiver.fakes import FakeReceiverDatabase
 CONTENT = b"SIMPLE  =                    T" * 100
 
 
-async def received_transfer(db: FakeReceiverDatabase) -> Transfer:
+async def received_transfer(db: FakeReceiverDatabase, archive_id: str = "HI.20260315.12345") -> Transfer:
     manifest = Manifest(
-        archive_id="HI.20260315.12345",
+        archive_id=archive_id,
         original_filename="hires0001.fits",
         size_bytes=len(CONTENT),
         sha256=hashlib.sha256(CONTENT).hexdigest(),
@@ -83,3 +84,33 @@ async def test_a_verdict_on_a_transfer_never_received_here_is_a_dead_letter() ->
     with pytest.raises(PermanentError, match="no transfer"):
         await handle(event)
     assert db.tables.handled == set()  # rolled back with the rest: a replay after a fix is handled
+
+
+async def test_a_burst_of_verdicts_is_recorded_in_one_transaction_or_else_one_by_one() -> None:
+    db = FakeReceiverDatabase()
+    first, second = await received_transfer(db), await received_transfer(db, "HI.20260315.12346")
+    subscription = ingest_results_subscription(db)
+    assert subscription.batching is not None
+
+    def completed(transfer_id: str, version: int) -> CloudEvent[IngestCompleted]:
+        return CloudEvent.create(
+            IngestCompleted(transfer_id=transfer_id, archive_id="HI.20260315.12345", version=version), source="/test"
+        )
+
+    await subscription.batching.handler([completed(first.transfer_id, 1), completed(second.transfer_id, 3)])
+    assert [(db.transfer(t.transfer_id).state, db.transfer(t.transfer_id).version) for t in (first, second)] == [
+        (TransferState.INGESTED, 1),
+        (TransferState.INGESTED, 3),
+    ]
+
+    # A batch holding a verdict on an unknown transfer leaves no trace, so the bus can hand its events one by one
+    # to the subscription's handler: the good one is recorded, the unknown one goes to the dead letters.
+    third = await received_transfer(db, "HI.20260315.12347")
+    good, unknown = completed(third.transfer_id, 1), completed("5b0c2d0e-0000-4000-8000-000000000000", 1)
+    with pytest.raises(UnknownTransfer):
+        await subscription.batching.handler([good, unknown])
+    assert db.transfer(third.transfer_id).state is TransferState.RECEIVED
+    await subscription.handler(good)
+    with pytest.raises(PermanentError, match="no transfer"):
+        await subscription.handler(unknown)
+    assert db.transfer(third.transfer_id).state is TransferState.INGESTED
