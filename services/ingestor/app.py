@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from services.ingestor.archive import ArchiveFiles
-from services.ingestor.handlers.events import on_transfer_received
+from services.ingestor.handlers.events import on_transfer_received, on_transfers_received
 from services.ingestor.ingest import Ingestor, IngestorDatabase
 from services.ingestor.scrubber import Scrubber, ScrubMetrics
 from services.ingestor.settings import IngestorSettings
 from services.ingestor.storage import PostgresIngestorDatabase, PostgresScrubRecords
-from skyport.bus import Subscription
+from skyport.bus import Batching, Subscription
 from skyport.bus.topology import INGESTOR_TRANSFER_RECEIVED
 from skyport.events import TransferReceived
 from skyport.instruments import load_instruments
@@ -29,16 +29,24 @@ def transfer_received_subscription(
     ingestor: Ingestor,
     *,
     prefetch: int,
+    batch_size: int = 1,
     queue: str = QUEUE,
     bindings: tuple[str, ...] = INGESTOR_TRANSFER_RECEIVED.bindings,
 ) -> Subscription:
-    """The transfer.received consumer: one file per transaction, once per event id, ``prefetch`` files at once."""
+    """The transfer.received consumer, once per event id: ``prefetch`` files at once, each in its own transaction;
+    or, with ``batch_size`` above 1, ``prefetch`` batches at once of up to ``batch_size`` files each, one
+    transaction per batch, of the files waiting in the queue (none is waited for: a lone file goes alone), and a
+    failed batch ingested again one file at a time (see skyport.bus.Batching)."""
+    batching = None
+    if batch_size > 1:
+        batching = Batching(database.batch_consumer(CONSUMER, on_transfers_received(ingestor)), size=batch_size, wait=0)
     return Subscription(
         queue,
         bindings,
         database.consumer(CONSUMER, on_transfer_received(ingestor)),
         models={TransferReceived.event_type: TransferReceived},
-        prefetch=prefetch,
+        prefetch=prefetch * batch_size,
+        batching=batching,
     )
 
 
@@ -60,7 +68,10 @@ async def lifespan(ctx: ServiceContext[IngestorSettings]) -> AsyncIterator[None]
         ctx.supervise("scrubber", scrubber.run)
     await ctx.subscribe(
         transfer_received_subscription(
-            PostgresIngestorDatabase(ctx.database), ingestor, prefetch=settings.ingest_concurrency
+            PostgresIngestorDatabase(ctx.database),
+            ingestor,
+            prefetch=settings.ingest_concurrency,
+            batch_size=settings.ingest_batch_size,
         )
     )
     yield

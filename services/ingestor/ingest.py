@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import fnmatch
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -17,7 +17,7 @@ import structlog
 
 from services.ingestor.archive import ArchiveFiles, safe_relative
 from services.ingestor.storage import ArchivedVersion
-from skyport.bus import Handler
+from skyport.bus import BatchHandler, Handler
 from skyport.events import (
     CloudEvent,
     FileArchived,
@@ -77,6 +77,7 @@ class UnitOfWork(Protocol):
 
 
 EventHandler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+BatchEventHandler = Callable[[UnitOfWork, Sequence[CloudEvent[Any]]], Awaitable[None]]
 
 
 class IngestorDatabase(Protocol):
@@ -87,6 +88,10 @@ class IngestorDatabase(Protocol):
 
     def consumer(self, name: str, handler: EventHandler) -> Handler:
         """The bus handler that runs ``handler`` once per event id, in a transaction of its own."""
+        ...
+
+    def batch_consumer(self, name: str, handler: BatchEventHandler) -> BatchHandler:
+        """The bus batch handler that runs ``handler`` on a batch's events not handled before, in one transaction."""
         ...
 
 

@@ -18,7 +18,15 @@ class IngestorSettings(CommonSettings):
     instruments_dir: Path = Field(
         default=Path("deploy/instruments"), description="The instrument configuration files (one TOML each)."
     )
-    ingest_concurrency: int = Field(default=4, ge=1, description="Files ingested at once (the queue's prefetch).")
+    ingest_concurrency: int = Field(
+        default=4, ge=1, description="Files (or, with batches, batches of files) ingested at once."
+    )
+    ingest_batch_size: int = Field(
+        default=20,
+        ge=1,
+        description="Files ingested in one transaction at most, of those waiting in the queue (1: one per "
+        "transaction); a failed batch is ingested again one file at a time.",
+    )
     scrub_rate: int = Field(
         default=20_000_000,
         ge=0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from skyport.bus import Handler
-from skyport.db import Database, enqueue, idempotent
+from skyport.bus import BatchHandler, Handler
+from skyport.db import Database, enqueue_many, idempotent, idempotent_batch
 from skyport.events import CloudEvent
 
 
@@ -172,14 +172,23 @@ class PostgresScrubRecords:
 
 
 class PostgresUnitOfWork:
-    """The ingestor's tables on one connection, and its outbox: an event published here commits with the rows."""
+    """The ingestor's tables on one connection, and its outbox: an event published here commits with the rows.
+
+    The events are kept until :meth:`flush`, which writes them all in one statement: a batch of files costs one
+    round trip to the outbox. The database's transactions and consumers flush before they commit.
+    """
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self.versions = VersionStore(conn)
+        self._events: list[CloudEvent[Any]] = []
 
     async def publish(self, event: CloudEvent[Any]) -> None:
-        await enqueue(self.conn, event)
+        self._events.append(event)
+
+    async def flush(self) -> None:
+        events, self._events = self._events, []
+        await enqueue_many(self.conn, events)
 
 
 class PostgresIngestorDatabase:
@@ -191,10 +200,24 @@ class PostgresIngestorDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresUnitOfWork]:
         async with self.db.transaction() as conn:
-            yield PostgresUnitOfWork(conn)
+            unit = PostgresUnitOfWork(conn)
+            yield unit
+            await unit.flush()
 
     def consumer(self, name: str, handler: Callable[[PostgresUnitOfWork, CloudEvent[Any]], Awaitable[None]]) -> Handler:
         async def handle(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
-            await handler(PostgresUnitOfWork(conn), event)
+            unit = PostgresUnitOfWork(conn)
+            await handler(unit, event)
+            await unit.flush()
 
         return idempotent(self.db, name, handle)
+
+    def batch_consumer(
+        self, name: str, handler: Callable[[PostgresUnitOfWork, Sequence[CloudEvent[Any]]], Awaitable[None]]
+    ) -> BatchHandler:
+        async def handle(conn: asyncpg.Connection, events: Sequence[CloudEvent[Any]]) -> None:
+            unit = PostgresUnitOfWork(conn)
+            await handler(unit, events)
+            await unit.flush()
+
+        return idempotent_batch(self.db, name, handle)

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from services.ingestor.ingest import EventHandler
+from services.ingestor.ingest import BatchEventHandler, EventHandler
 from services.ingestor.storage import ArchivedVersion
-from skyport.bus import Handler
+from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent
 
 
@@ -118,5 +118,17 @@ class FakeIngestorDatabase:
                     return
                 unit.tables.handled.add((name, event.id))
                 await handler(unit, event)
+
+        return handle
+
+    def batch_consumer(self, name: str, handler: BatchEventHandler) -> BatchHandler:
+        """As ``skyport.db.idempotent_batch``: the batch's new event ids claimed in the handler's transaction."""
+
+        async def handle(events: Sequence[CloudEvent[Any]]) -> None:
+            async with self.transaction() as unit:
+                fresh = {e.id: e for e in events if (name, e.id) not in unit.tables.handled}
+                unit.tables.handled.update((name, event_id) for event_id in fresh)
+                if fresh:
+                    await handler(unit, list(fresh.values()))
 
         return handle

@@ -29,7 +29,7 @@ from skyport.simulator import Simulator
 from skyport.transfer import Manifest
 from tests.support.flow import INSTRUMENTS
 from tests.support.waiting import eventually
-from tests.unit.ingestor.fakes import FakeIngestorDatabase
+from tests.unit.ingestor.fakes import FakeIngestorDatabase, FakeVersions
 
 
 class Archive:
@@ -226,4 +226,50 @@ async def test_a_redelivered_event_is_ingested_once(archive: Archive) -> None:
     await handle(event)  # the broker's at-least-once: the same event id again
 
     assert archive.archived() == [(1, manifest.sha256)]
+    assert [type(e.data) for e in archive.db.outbox] == [FileArchived, IngestCompleted]
+
+
+async def test_a_burst_is_ingested_in_batches_with_the_verdicts_of_one_by_one(tmp_path: Path, unique: str) -> None:
+    bus = MemoryBus(f"memory://ingestor-batches-{unique}")
+    await bus.start()
+    archive = Archive(tmp_path, bus)
+    subscription = transfer_received_subscription(archive.db, archive.ingestor, prefetch=1, batch_size=10)
+    try:
+        files = [archive.manifest(archive.new_file(seed)) for seed in (21, 22, 23, 24)]
+        (bad, bad_content), *good = files
+        events = [archive.received(manifest, content) for manifest, content in good]
+        events.append(archive.received(*good[0]))  # the same file again: a duplicate in the same batch
+        events.append(archive.received(bad, bad_content[:-1]))  # refused: its verdict says why, the rest go on
+        assert subscription.batching is not None
+        await subscription.batching.handler(events)
+    finally:
+        await bus.close()
+
+    verdicts = [archive.verdict(event.data.transfer_id) for event in events]
+    assert [completed(v) for v in verdicts[:4]] == [(1, False), (1, False), (1, False), (1, True)]
+    assert isinstance(verdicts[4], IngestFailed)
+    assert sorted(archive.archived()) == sorted((1, manifest.sha256) for manifest, _ in good)
+    assert len(archive.stored()) == 3
+
+
+async def test_a_file_moved_in_by_an_attempt_that_died_before_its_commit_is_archived_once(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, content = archive.manifest(archive.new_file())
+    event = archive.received(manifest, content)
+    handle = transfer_received_subscription(archive.db, archive.ingestor, prefetch=1).handler
+
+    async def dying(self: FakeVersions, **fields: Any) -> None:
+        raise ConnectionError("the database went away before the commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FakeVersions, "add", dying)
+        with pytest.raises(ConnectionError):
+            await handle(event)
+    assert (archive.archived(), archive.staged(), archive.stored()) == ([], [], [content])  # moved, not recorded
+
+    await handle(event)  # the broker's redelivery: the file is found in storage and verified there
+
+    assert archive.archived() == [(1, manifest.sha256)]
+    assert archive.stored() == [content]
     assert [type(e.data) for e in archive.db.outbox] == [FileArchived, IngestCompleted]
