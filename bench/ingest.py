@@ -743,6 +743,9 @@ class Bench:
             )
             self.say(f"  minimal {cpu_per_file(floor.used, count)}")
             self.say(f"  {peak_resident(self._pids())}")
+            self.say("  where the time goes (from the services' logs):")
+            for line in stage_breakdown(self.processes, closed, self.events.received):
+                self.say(line)
             for line in cpu_lines:
                 self.say(f"  {line}")
             for line in warnings_logged(self.processes, first_lines) or ["  no warnings logged"]:
