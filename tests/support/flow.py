@@ -16,6 +16,13 @@ from typing import Any
 import asyncpg
 from yarl import URL
 
+from services.catalog import cli as catalog
+from services.receiver.storage import SiteStore
+from skyport.cli import load_service
+from skyport.db import Database
+from skyport.runtime import migrate
+from skyport.settings import CommonSettings
+
 REPO = Path(__file__).resolve().parents[2]
 INSTRUMENTS = REPO / "deploy" / "instruments"
 
@@ -135,8 +142,18 @@ class Flow:
             await conn.close()
         await _rabbitmqctl("add_vhost", self.vhost)
         await _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        await self.skyport("migrate", "receiver", "ingestor", "catalog")
-        self.token = (await self.skyport("receiver", "add-site", self.site)).strip()
+        # In this process, as the demo does, not through `skyport migrate` and `skyport receiver add-site`: each
+        # command is a new interpreter (seconds of imports), and a suite makes a hundred flows. The commands
+        # themselves have tests of their own (tests/integration/skyport/test_cli_errors.py, test_site_credentials).
+        settings = CommonSettings(database_url=self.database_url)
+        for name in ("receiver", "ingestor", "catalog"):
+            await migrate(load_service(name), settings)
+        db = await Database.connect(self.database_url, "receiver", min_size=1, max_size=1)
+        try:
+            async with db.transaction() as conn:
+                self.token = await SiteStore(conn).add(self.site)
+        finally:
+            await db.close()
 
     @property
     def catalog_url(self) -> str:
@@ -148,8 +165,12 @@ class Flow:
 
     async def user_token(self, username: str, *, admin: bool = False) -> str:
         """A catalog user (created if new) and a fresh token of theirs."""
-        await self.skyport("catalog", "add-user", username, *(("--admin",) if admin else ()))
-        return (await self.skyport("catalog", "issue-token", username)).strip()
+        db = await Database.connect(self.database_url, "catalog", min_size=1, max_size=1)
+        try:
+            await catalog.add_user(db, username, admin=admin)
+            return await catalog.issue_token(db, username)
+        finally:
+            await db.close()
 
     async def start(self, *names: str, **settings: object) -> ServiceProcess:
         if "gateway" in names and "SKYPORT_GATEWAY_CATALOG_TOKEN" not in self.settings:
