@@ -4,6 +4,7 @@ with the code a monitor decides on and nothing left behind (no servers)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from services.receiver.app import transfer_service
 from services.receiver.handlers.http import refusal
 from services.receiver.settings import ReceiverSettings
 from services.receiver.transfers import (
+    BLOCK_BYTES,
     BadChecksum,
     Busy,
     NoSuchTransfer,
@@ -104,6 +106,20 @@ async def test_a_good_transfer_is_staged_durably_and_announced_once(receiver: Re
     assert (announced.transfer_id, announced.staged_path) == (transfer.transfer_id, received.staged_path)
     assert (announced.sha256, announced.size_bytes) == (hashlib.sha256(COMPLETE).hexdigest(), len(COMPLETE))
     assert receiver.db.outbox[0].correlationid == transfer.transfer_id
+
+
+@pytest.mark.parametrize("piece", [1, 65_521, BLOCK_BYTES, BLOCK_BYTES + 7], ids=lambda n: f"pieces of {n} bytes")
+async def test_a_file_of_several_blocks_is_staged_whole_whatever_pieces_it_comes_in(
+    receiver: Receiver, piece: int
+) -> None:
+    content = os.urandom(2 * BLOCK_BYTES + 12_345) if piece > 1 else os.urandom(3 * 4096 + 5)
+    transfer, _ = await receiver.transfers.create(receiver.site, manifest(content))
+
+    received = await receiver.transfers.upload(receiver.site, transfer.transfer_id, chunks(content, piece), None)
+
+    assert received.state is TransferState.RECEIVED
+    (staged,) = receiver.staged_files()
+    assert staged.read_bytes() == content
 
 
 async def test_bytes_that_are_not_the_manifest_s_are_refused_as_a_checksum_mismatch(receiver: Receiver) -> None:
