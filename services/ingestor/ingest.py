@@ -162,22 +162,8 @@ class Ingestor:
                 version,
                 received.original_filename,
             )
-        staged = self._staged_path(received)
-        if await asyncio.to_thread(staged.exists):
-            await asyncio.to_thread(verify_staged, staged, received, self.instruments)
-            await asyncio.to_thread(
-                self.storage.move_in,
-                staged,
-                relative,
-                received.size_bytes,
-                received.sha256,
-                replace=partial is not None,
-            )
-        elif await asyncio.to_thread(self.storage.path(relative).exists):
-            # A previous attempt moved the file and died before its commit: check what it left.
-            await asyncio.to_thread(self.storage.verify, relative, received.size_bytes, received.sha256)
-        else:
-            raise IngestRejected(f"the staged file {received.staged_path} is missing")
+        # The file work in one thread hop: it is a few system calls when the bytes are not read again.
+        await asyncio.to_thread(self._place, self._staged_path(received), relative, received, partial is not None)
 
         if partial is not None:
             archived_at = await store.replace(
@@ -221,6 +207,17 @@ class Ingestor:
         replaced = None if partial is None else ReplacedContent(sha256=partial.sha256, size_bytes=partial.size_bytes)
         await unit.publish(self._archived(received, version, relative, archived_at, correlation_id, replaced))
         await unit.publish(self._completed(received, version, correlation_id, duplicate=False))
+
+    def _place(self, staged: Path, relative: str, received: TransferReceived, replace: bool) -> None:
+        """Verify the staged file and move it into storage at ``relative``, or find it there already."""
+        if staged.exists():
+            verify_staged(staged, received, self.instruments)
+            self.storage.move_in(staged, relative, received.size_bytes, received.sha256, replace=replace)
+        elif self.storage.path(relative).exists():
+            # A previous attempt moved the file and died before its commit: check what it left.
+            self.storage.verify(relative, received.size_bytes, received.sha256)
+        else:
+            raise IngestRejected(f"the staged file {received.staged_path} is missing")
 
     def _staged_path(self, received: TransferReceived) -> Path:
         try:
