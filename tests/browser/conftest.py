@@ -6,6 +6,7 @@ own browser downloads are never used.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,7 @@ def propid(unique: str) -> str:
 async def archive(flow: Flow) -> Flow:
     """The whole path running, from the observatory's disk to the gateway's page."""
     await flow.start("receiver", "ingestor", "catalog")
-    await flow.start("gateway")
-    await flow.start("monitor")
+    await asyncio.gather(flow.start("gateway"), flow.start("monitor"))  # both need only the first three
     return flow
 
 
