@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Protocol
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.receiver.staging import ChecksumMismatch, StagedFile, Staging
+from services.receiver.staging import ChecksumMismatch, StagedFile, Staging, start_writeback
 from services.receiver.storage import Transfer
 from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed, TransferReceived
@@ -397,3 +397,6 @@ async def record_ingest_results(unit: UnitOfWork, results: Sequence[IngestComple
 def _hash_and_write(hasher: Any, part: BinaryIO, block: memoryview) -> None:
     hasher.update(block)
     part.write(block)
+    part.flush()
+    end = part.tell()
+    start_writeback(part.fileno(), end - len(block), len(block))
