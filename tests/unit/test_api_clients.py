@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from services.gateway.catalog_client import CatalogClient, CatalogRefused, CatalogUnavailable
 from services.monitor.client import ArchiveClient, ContentMismatch, UploadRejected
 from skyport.api.errors import ErrorCode
-from tests.unit.test_gateway import product
+from tests.unit.gateway.test_streams import product
 
 Answer = Callable[[web.Request], web.Response]
 

@@ -56,7 +56,8 @@ export function step(state, event, random = Math.random) {
     case "night":
       return chooseNight(state, event.night);
     case "ticket": {
-      const params = { ticket: event.ticket };
+      // Protocol 2 (PROTOCOL.md): files that come together arrive as one ``files`` message.
+      const params = { ticket: event.ticket, protocol: 2 };
       if (state.night) params.night = state.night;
       if (state.cursor) params.cursor = state.cursor;
       const next = {
@@ -135,6 +136,23 @@ function chooseNight(state, chosen) {
   return { state: reconnect.state, effects: [...effects, ...reconnect.effects] };
 }
 
+/** The effects of one file of a ``file`` or ``files`` message, pushed onto ``effects``. */
+function fileEffects(state, file, backlog, effects) {
+  if (!file || typeof file !== "object") return;
+  // A chosen night shows its own files only, as its backlog does after a reload; following tonight, every
+  // change is news (a file of a night just begun, a reprocessed one).
+  if (state.night && file.night !== state.night) {
+    if (backlog === false) effects.push({ type: "other-night", file });
+    return;
+  }
+  if (typeof file.archive_id === "string") {
+    // New to this page: a live change, or a change missed while disconnected (a resumed backlog). A first
+    // backlog, or a newly granted program's, is the night so far: listed, not downloaded.
+    const fresh = backlog === false || (state.resumed && !state.live);
+    effects.push({ type: "file", file, fresh });
+  }
+}
+
 function receive(state, message) {
   if (!message || typeof message !== "object") return { state, effects: [] };
   let next = state;
@@ -152,23 +170,14 @@ function receive(state, message) {
       }
       effects.push({ type: "status", kind: "connecting", text: next.resumed ? "Catching up…" : "Loading the night…" });
       break;
-    case "file": {
-      const file = message.file;
-      if (!file || typeof file !== "object") break;
-      // A chosen night shows its own files only, as its backlog does after a reload; following tonight, every
-      // change is news (a file of a night just begun, a reprocessed one).
-      if (next.night && file.night !== next.night) {
-        if (message.backlog === false) effects.push({ type: "other-night", file });
-        break;
-      }
-      if (typeof file.archive_id === "string") {
-        // New to this page: a live change, or a change missed while disconnected (a resumed backlog). A first
-        // backlog, or a newly granted program's, is the night so far: listed, not downloaded.
-        const fresh = message.backlog === false || (next.resumed && !next.live);
-        effects.push({ type: "file", file, fresh });
+    case "file":
+      fileEffects(next, message.file, message.backlog, effects);
+      break;
+    case "files": // protocol 2: files that came together (a release, a page of the backlog), in catalog order
+      if (Array.isArray(message.files)) {
+        for (const entry of message.files) fileEffects(next, entry && entry.file, message.backlog, effects);
       }
       break;
-    }
     case "live":
       next = { ...next, live: true, attempt: 0 };
       effects.push({ type: "status", kind: "live", text: "Live" });

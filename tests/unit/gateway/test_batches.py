@@ -21,7 +21,7 @@ from services.gateway.streams import (
     send_backlog,
 )
 from skyport.cursor import decode_cursor, encode_cursor
-from tests.unit.test_gateway import OTHER, PROGRAM, batch, product, queued, stream
+from tests.unit.gateway.test_streams import OTHER, PROGRAM, batch, product, queued, stream
 
 THIRD = ("KECK", "2026B_U3")
 CAROL = User(

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { MAX_RETRY_DELAY_S, initial, step } from "../../../services/gateway/static/js/stream.js";
+import { MAX_RETRY_DELAY_S, initial, step } from "../../../../services/gateway/static/js/stream.js";
 
 const LOW = () => 0; // the jitter's lowest draw: 80 % of the back-off
 const HIGH = () => 1; // its highest: 120 %
@@ -45,7 +45,7 @@ test("a first connection lists the night so far without downloading it, then eve
     message({ type: "file", backlog: false, file: file("A2"), cursor: "c2" }),
   ]);
   assert.deepEqual(of(effects, "fetch-ticket").length, 1);
-  assert.deepEqual(of(effects, "open")[0].params, { ticket: "tk_1" }); // no night: it follows tonight
+  assert.deepEqual(of(effects, "open")[0].params, { ticket: "tk_1", protocol: 2 }); // no night: it follows tonight
   assert.deepEqual(of(effects, "tonight"), [{ type: "tonight", night: "2026-11-30" }]);
   assert.equal(of(effects, "programs").length, 1);
   assert.deepEqual(
@@ -86,7 +86,7 @@ test("a lost connection retries with a doubling back-off, capped, with jitter, a
     message({ type: "file", backlog: true, file: file("A3"), cursor: "c3" }),
     message({ type: "live", cursor: "c3" }),
   ]);
-  assert.deepEqual(of(resumed.effects, "open")[0].params, { ticket: "tk_2", cursor: "c2" });
+  assert.deepEqual(of(resumed.effects, "open")[0].params, { ticket: "tk_2", protocol: 2, cursor: "c2" });
   assert.equal(of(resumed.effects, "status")[1].text, "Catching up…");
   // Missed while away: new to the observer, so downloaded like a live file.
   assert.deepEqual(of(resumed.effects, "file")[0].fresh, true);
@@ -147,7 +147,7 @@ test("another night shows its own files, says so of tonight's new ones, and toni
     ["show-night", "clear-files"],
   );
   // A cursor belongs to its night's stream: the chosen night starts from its beginning.
-  assert.deepEqual(of(chosen.effects, "open")[0].params, { ticket: "tk_2", night: "2026-11-29" });
+  assert.deepEqual(of(chosen.effects, "open")[0].params, { ticket: "tk_2", protocol: 2, night: "2026-11-29" });
   assert.deepEqual(
     of(chosen.effects, "file").map((e) => e.file.archive_id),
     ["B1"],
@@ -156,7 +156,7 @@ test("another night shows its own files, says so of tonight's new ones, and toni
   assert.deepEqual(of(chosen.effects, "tonight"), []); // a chosen night stays chosen
 
   const back = run(chosen.state, [{ type: "night", night: "2026-11-30" }, at({ type: "ticket", ticket: "tk_3" })]);
-  assert.deepEqual(of(back.effects, "open")[0].params, { ticket: "tk_3" });
+  assert.deepEqual(of(back.effects, "open")[0].params, { ticket: "tk_3", protocol: 2 });
   assert.deepEqual(run(back.state, [{ type: "night", night: "2026-11-30" }]).effects, []);
   assert.deepEqual(run(back.state, [{ type: "night", night: "30/11/2026" }]).effects, []);
 });
@@ -178,5 +178,39 @@ test("a night chosen before signing in is kept for the stream's start", () => {
   );
   assert.equal(state.phase, "idle");
   const started = run(state, [{ type: "start" }, at({ type: "ticket", ticket: "tk" })]);
-  assert.deepEqual(of(started.effects, "open")[0].params, { ticket: "tk", night: "2026-11-29" });
+  assert.deepEqual(of(started.effects, "open")[0].params, { ticket: "tk", protocol: 2, night: "2026-11-29" });
+});
+
+test("a files message (protocol 2) is each of its files in order, fresh when live, and its cursor is kept", () => {
+  const { state, effects } = run(initial(), [
+    { type: "start" },
+    at({ type: "ticket", ticket: "tk_1" }),
+    message({ type: "hello", night: "2026-11-30", heartbeat: 5, programs: [] }),
+    message({
+      type: "files",
+      backlog: true,
+      cursor: "c2",
+      files: [
+        { cursor: "c1", file: file("B1") },
+        { cursor: "c2", file: file("B2") },
+      ],
+    }),
+    message({ type: "live", cursor: "c2" }),
+    message({
+      type: "files",
+      backlog: false,
+      cursor: "c5",
+      files: [{ cursor: "c3", file: file("B3") }, null, { cursor: "c5", file: file("B5") }],
+    }),
+  ]);
+  assert.deepEqual(
+    of(effects, "file").map((e) => [e.file.archive_id, e.fresh]),
+    [
+      ["B1", false],
+      ["B2", false],
+      ["B3", true],
+      ["B5", true],
+    ],
+  );
+  assert.equal(state.cursor, "c5");
 });

@@ -7,9 +7,9 @@ import { dirname, join, relative, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { memberRights } from "../../../services/gateway/static/js/programs.js";
+import { memberRights } from "../../../../services/gateway/static/js/programs.js";
 
-const JS = resolve(dirname(fileURLToPath(import.meta.url)), "../../../services/gateway/static/js");
+const JS = resolve(dirname(fileURLToPath(import.meta.url)), "../../../../services/gateway/static/js");
 const member = (username, role, may_remove) => ({ username, role, granted_by: null, granted_at: "2026-03-15",
   may_remove });
 

@@ -6,7 +6,7 @@ import { dirname, join, relative, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-const STATIC = resolve(dirname(fileURLToPath(import.meta.url)), "../../../services/gateway/static");
+const STATIC = resolve(dirname(fileURLToPath(import.meta.url)), "../../../../services/gateway/static");
 const IMPORT = /^\s*import\s[^"']*["']([^"']+)["'];?$/gm;
 
 function modules(dir) {

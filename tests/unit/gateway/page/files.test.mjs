@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { FileTable, formatSize, isRaw, utTime } from "../../../services/gateway/static/js/files.js";
+import { FileTable, formatSize, isRaw, utTime } from "../../../../services/gateway/static/js/files.js";
 
 const NO_FILTER = { program: "", instrument: "", level: "", state: "", search: "" };
 const file = (id, extra = {}) => ({ archive_id: id, mission: "KECK", propid: "P1", version: 1, ...extra });
