@@ -17,7 +17,7 @@ from services.receiver.app import transfer_service
 from services.receiver.handlers.http import refusal
 from services.receiver.settings import ReceiverSettings
 from services.receiver.transfers import (
-    BLOCK_BYTES,
+    WRITEBACK_BYTES,
     BadChecksum,
     Busy,
     NoSuchTransfer,
@@ -108,11 +108,10 @@ async def test_a_good_transfer_is_staged_durably_and_announced_once(receiver: Re
     assert receiver.db.outbox[0].correlationid == transfer.transfer_id
 
 
-@pytest.mark.parametrize("piece", [1, 65_521, BLOCK_BYTES, BLOCK_BYTES + 7], ids=lambda n: f"pieces of {n} bytes")
-async def test_a_file_of_several_blocks_is_staged_whole_whatever_pieces_it_comes_in(
-    receiver: Receiver, piece: int
-) -> None:
-    content = os.urandom(2 * BLOCK_BYTES + 12_345) if piece > 1 else os.urandom(3 * 4096 + 5)
+@pytest.mark.parametrize("piece", [1, 65_521, 1 << 20], ids=lambda n: f"pieces of {n} bytes")
+async def test_a_big_file_is_staged_whole_whatever_pieces_it_comes_in(receiver: Receiver, piece: int) -> None:
+    # Beyond WRITEBACK_BYTES, so that the kernel is asked to write parts of it before the end.
+    content = os.urandom(2 * WRITEBACK_BYTES + 12_345) if piece > 1 else os.urandom(3 * 4096 + 5)
     transfer, _ = await receiver.transfers.create(receiver.site, manifest(content))
 
     received = await receiver.transfers.upload(receiver.site, transfer.transfer_id, chunks(content, piece), None)
