@@ -4,8 +4,21 @@ Run it by hand from the repository root (``.venv/bin/python bench/ingest.py --he
 is not a test. Linux only (it reads /proc and runs GNU ``dd``). It starts the services as separate processes, as
 production runs them, against the local RabbitMQ and PostgreSQL (with the harness of the end-to-end tests,
 ``tests/support/flow.py``), lets the night simulator write Keck HIRES raw files into the watched folder, and takes
-the time each file's ``file.archived`` event reaches a queue of the benchmark's own. Two figures, each next to
-its aim in issue 3:
+the time each file's ``file.archived`` event reaches a queue of the benchmark's own. Four phases (``--only``), each
+next to its aim (issues 3 and 11):
+
+- **small files**: ``--small-count`` files of 1 MB closed at once, the monitor uploading one at a time and then eight
+  at a time (``--small-concurrency``), in files/s from the first close to the last ``file.archived``, with the CPU
+  milliseconds per file of every process (from /proc: the services, PostgreSQL, RabbitMQ). Aims: 100 and 150
+  files/s, under 12 ms of CPU per file in all.
+- **single file**: one ``--single-size`` file (200 MB) from close to ``file.archived``, next to ``dd conv=fdatasync``
+  of the same size before and after. Aim: at least 0.9 of dd. With ``--single-size 2GB`` the peak resident sets
+  printed are the memory figure of issue 11 (aim: under 200 MB each).
+
+Beside each, the **floor**: a minimal receiver written here (``serve_minimal``, a process of its own: an aiohttp
+endpoint that streams the body to disk, fsyncs it and inserts one row into PostgreSQL), to which the benchmark
+uploads the same files as a site would (keep-alive, as many at a time); the ratio to it carries across machines.
+And the two figures of issue 3:
 
 - **latency** from a file's close at the observatory (complete under its final name) to the receipt of its
   ``file.archived`` event, p50/p95/p99/max, at a steady rate of 10 MB files (``--rate`` files/s for
