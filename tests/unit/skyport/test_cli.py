@@ -43,7 +43,7 @@ def test_every_command_says_what_it_does_and_every_argument_has_help() -> None:
 
 def test_run_offers_the_installed_services_and_nothing_else(capsys: pytest.CaptureFixture[str]) -> None:
     installed = {entry.name for entry in entry_points(group=SERVICE_GROUP)}
-    assert {"monitor", "receiver", "ingestor", "catalog", "gateway"} <= installed
+    assert {"monitor", "receiver", "ingestor", "catalog", "gateway", "notifier"} <= installed
     assert set(available_services()) == installed
 
     with pytest.raises(SystemExit):
@@ -51,7 +51,7 @@ def test_run_offers_the_installed_services_and_nothing_else(capsys: pytest.Captu
     text = capsys.readouterr().out
     for name in installed:
         assert name in text
-    assert "notifier" not in text  # not written yet, so not installed
+    assert "reprocessor" not in text  # not written yet, so not installed
 
 
 def test_services_add_their_own_commands_by_entry_point() -> None:
@@ -60,9 +60,9 @@ def test_services_add_their_own_commands_by_entry_point() -> None:
 
 
 def test_an_unknown_service_is_named_with_those_installed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "notifier"]) == 2
+    assert main(["run", "reprocessor"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("skyport: unknown service 'notifier'; installed: ")
+    assert error.startswith("skyport: unknown service 'reprocessor'; installed: ")
     assert "catalog" in error
 
 

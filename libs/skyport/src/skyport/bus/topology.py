@@ -66,7 +66,18 @@ CATALOG_FILE_ARCHIVED = WorkQueue(
     ("file.archived",),
     "archived files to catalogue",
 )
-WORK_QUEUES: tuple[WorkQueue, ...] = (RECEIVER_INGEST_RESULTS, INGESTOR_TRANSFER_RECEIVED, CATALOG_FILE_ARCHIVED)
+NOTIFIER_DATASET = WorkQueue(
+    "notifier",
+    "notifier.dataset",
+    ("dataset.#",),
+    "dataset events to match against subscriptions (declared up front: no event may pass before it exists)",
+)
+WORK_QUEUES: tuple[WorkQueue, ...] = (
+    RECEIVER_INGEST_RESULTS,
+    INGESTOR_TRANSFER_RECEIVED,
+    CATALOG_FILE_ARCHIVED,
+    NOTIFIER_DATASET,
+)
 """Every durable queue of the Skyport services. The gateway has none: each instance needs every event (they
 wake its streams, they are not work to share), so it declares a transient queue of its own when it starts."""
 

@@ -1,0 +1,215 @@
+"""Sending what is due: a fast subscription's notices, or a person's digest, as one email each, once.
+
+**Claim, send, record in one transaction.** A round locks the group's due notices (``FOR UPDATE SKIP LOCKED``:
+another notifier skips them), asks the catalog what the subscriber may see now, hands the email to the SMTP
+server, and records the outcome (the delivery, the attempt with the server's answer, the notices' new state) in
+the transaction that claimed them; it commits only after the server's answer. A notifier killed before the
+commit leaves the notices pending, as if never claimed, and the next round sends them again.
+
+SMTP gives no way to make "accepted by the server" and "recorded here" one atomic step, so the delivery is at
+least once: a kill in the instant between the server's 250 and the commit sends the email again. The second
+copy carries the same Message-ID (made from the first notice claimed and its resend count, the same in the
+retried round), so mail systems and people can recognise it as the same message. Anything else (a kill before
+the 250, a temporary failure, a crash after the commit) sends each email exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+
+from services.notifier import storage
+from services.notifier.catalog import CatalogClient, CatalogUnavailable, Visibility
+from services.notifier.mail import Composer, NoticeItem
+from services.notifier.mailer import Mailer
+from skyport.db import Database
+
+log = structlog.get_logger("skyport.notifier")
+
+MAX_RETRY_DELAY = 3600.0
+
+
+class DeliveryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.emails = Counter(
+            "skyport_notifier_emails_total",
+            "Emails handled, by outcome (sent, withheld, temporary, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+
+
+def message_key(group: storage.DueGroup, notices: Sequence[storage.ClaimedNotice]) -> str:
+    """The name of an email: its kind, its first notice and how often an operator had it resent."""
+    return f"{group.kind}-{notices[0].notice_id}-r{max(n.resends for n in notices)}"
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` temporary failures: 30 s doubling, at most an hour."""
+    return float(min(MAX_RETRY_DELAY, 30.0 * 2 ** min(attempts, 16)))
+
+
+class Deliverer:
+    def __init__(
+        self,
+        db: Database,
+        catalog: CatalogClient,
+        composer: Composer,
+        mailer: Mailer,
+        *,
+        poll_interval: float,
+        coalesce_window: float,
+        fast_per_hour: int,
+        max_attempts: int,
+        metrics: DeliveryMetrics,
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.composer = composer
+        self.mailer = mailer
+        self.poll_interval = poll_interval
+        self.coalesce_window = coalesce_window
+        self.fast_per_hour = fast_per_hour
+        self.max_attempts = max_attempts
+        self.metrics = metrics
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """The supervised loop: send what is due; then wait for a fast notice (``wake``) or the poll interval."""
+        while True:
+            self.wake.clear()
+            await self.deliver_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_interval)
+
+    async def deliver_due(self) -> int:
+        """One round over every group with something due; returns how many emails were decided."""
+        async with self.db.pool.acquire() as conn:
+            groups = await storage.due_groups(conn)
+        decided = 0
+        for group in groups:
+            try:
+                decided += await self.deliver(group) is not None
+            except CatalogUnavailable as exc:
+                # Nobody is told anything the catalog could not confirm: the notices wait for the next round.
+                log.warning("catalog unavailable; notices wait", username=group.username, error=str(exc))
+                return decided
+        return decided
+
+    async def deliver(self, group: storage.DueGroup) -> str | None:
+        """Claim, decide, send and record one group's email; its outcome, or None if another took the notices."""
+        visibility = Visibility(self.catalog)  # asked afresh each round: access is decided when a notice is sent
+        async with self.db.transaction() as conn:
+            notices = await storage.claim(conn, group)
+            if not notices:
+                return None
+            key = message_key(group, notices)
+            subscription_ids = sorted({n.subscription.subscription_id for n in notices})
+            items: list[NoticeItem] = []
+            withheld: list[int] = []
+            for notice in notices:
+                item = await self._visible(notice, visibility)
+                if item is None:
+                    withheld.append(notice.notice_id)
+                else:
+                    items.append(item)
+            if not items:
+                delivery_id = await storage.record_delivery(
+                    conn, group, subscription_ids, key, "withheld", "nothing the subscriber may see now", None
+                )
+                await storage.close_notices(conn, withheld, "withheld", delivery_id)
+                self.metrics.emails.labels("withheld").inc()
+                log.info("notices withheld", username=group.username, notices=len(withheld), key=key)
+                return "withheld"
+            message, content = self.composer.compose(group.kind, group.email, key, items)
+            result = await self.mailer.send(message)
+            sent_ids = [item_id for item_id in (n.notice_id for n in notices) if item_id not in set(withheld)]
+            if result.outcome == "accepted":
+                delivery_id = await storage.record_delivery(conn, group, subscription_ids, key, "sent", None, content)
+                await storage.record_attempt(
+                    conn, delivery_id, subscription_ids, "accepted", result.code, result.response
+                )
+                await storage.close_notices(conn, sent_ids, "sent", delivery_id)
+                if withheld:
+                    await storage.close_notices(conn, withheld, "withheld", delivery_id)
+                if group.kind == "fast" and group.subscription_id is not None:
+                    await storage.after_fast_send(
+                        conn, group.subscription_id, group.username, self.coalesce_window, self.fast_per_hour
+                    )
+                self.metrics.emails.labels("sent").inc()
+                log.info(
+                    "email sent",
+                    kind=group.kind,
+                    username=group.username,
+                    notices=len(sent_ids),
+                    files=sum(len(i.files) for i in items),
+                    key=key,
+                )
+                return "sent"
+            attempts = max(n.attempts for n in notices) + 1
+            if result.outcome == "permanent" or attempts >= self.max_attempts:
+                reason = (
+                    f"SMTP server refused: {result.response}"
+                    if result.outcome == "permanent"
+                    else (f"gave up after {attempts} attempts: {result.response}")
+                )
+                delivery_id = await storage.record_delivery(
+                    conn, group, subscription_ids, key, "failed", reason, content
+                )
+                await storage.record_attempt(
+                    conn, delivery_id, subscription_ids, result.outcome, result.code, result.response
+                )
+                await storage.close_notices(conn, [n.notice_id for n in notices], "failed", delivery_id)
+                if result.outcome == "permanent":
+                    await storage.stop_channel(conn, subscription_ids, reason)
+                self.metrics.emails.labels("failed").inc()
+                log.error(
+                    "email failed; channel stopped" if result.outcome == "permanent" else "email failed",
+                    username=group.username,
+                    email=group.email,
+                    reason=reason,
+                )
+                return "failed"
+            await storage.record_attempt(conn, None, subscription_ids, "temporary", result.code, result.response)
+            await storage.postpone_notices(conn, [n.notice_id for n in notices], retry_delay(attempts))
+            self.metrics.emails.labels("temporary").inc()
+            log.warning(
+                "email not taken; will try again",
+                username=group.username,
+                attempts=attempts,
+                response=result.response,
+                retry_in=retry_delay(attempts),
+            )
+            return "temporary"
+
+    async def _visible(self, notice: storage.ClaimedNotice, visibility: Visibility) -> NoticeItem | None:
+        """The notice as its subscriber may see it now, or None when they may see none of it."""
+        data = notice.data
+        username = notice.subscription.username
+        files = await visibility.visible_files(username, notice.mission, notice.propid, list(data.get("files", [])))
+        if not files:
+            # An event that lists no files (the legacy message) says only that there is data: members, and
+            # anyone once it is public.
+            told = not data.get("files") and (
+                data.get("type") == "public" or await visibility.is_member(username, notice.mission, notice.propid)
+            )
+            if not told:
+                return None
+        program = await visibility.program(notice.mission, notice.propid)
+        return NoticeItem(
+            subscription=notice.subscription,
+            event_id=notice.event_id,
+            event_time=notice.event_time,
+            trigger=str(data.get("type", notice.event_type.removeprefix("dataset."))),
+            mission=notice.mission,
+            propid=notice.propid,
+            title=program.title if program is not None else None,
+            level=notice.level,
+            obsets=list(data.get("obsets", [])),
+            files=files,
+            repro=data.get("repro"),
+        )

@@ -1,0 +1,1 @@
+"""The notifier's adapters: the dataset-event consumer and the HTTP API."""

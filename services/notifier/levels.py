@@ -1,0 +1,41 @@
+"""Each mission's level order, from the instrument configuration: "level X or above" without string comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from skyport.instruments import InstrumentCatalog
+
+
+class LevelOrder:
+    """The missions' processing levels, lowest first (``levels`` in each ``mission.toml``)."""
+
+    def __init__(self, levels: Mapping[str, Sequence[str]]) -> None:
+        self._levels = {mission.upper(): tuple(order) for mission, order in levels.items()}
+
+    @classmethod
+    def of(cls, instruments: InstrumentCatalog) -> LevelOrder:
+        return cls({name: mission.levels for name, mission in instruments.missions.items()})
+
+    def level(self, mission: str, level: str) -> str:
+        """``level`` as the mission's configuration spells it; ValueError naming the mission's levels otherwise."""
+        order = self._levels.get(mission.upper())
+        if order is None:
+            known = ", ".join(sorted(self._levels)) or "none"
+            raise ValueError(f"{mission!r} is not a mission of this archive (missions: {known})")
+        for known_level in order:
+            if known_level.casefold() == level.casefold():
+                return known_level
+        raise ValueError(f"{level!r} is not a {mission.upper()} level (lowest first: {', '.join(order)})")
+
+    def at_or_below(self, mission: str, level: str) -> list[str]:
+        """The levels a subscription's minimum may be for an event at ``level`` to match it.
+
+        A mission or level the configuration does not know matches only a minimum of that very level.
+        """
+        try:
+            spelled = self.level(mission, level)
+        except ValueError:
+            return [level]
+        order = self._levels[mission.upper()]
+        return list(order[: order.index(spelled) + 1])

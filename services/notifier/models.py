@@ -1,0 +1,101 @@
+"""The notifier's own types: a subscription as asked for and as kept, and the words it is made of."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Trigger = Literal["new", "first", "repro", "public"]
+Frequency = Literal["fast", "hourly", "daily", "weekly", "monthly"]
+Channel = Literal["email"]
+TRIGGERS: tuple[Trigger, ...] = ("new", "first", "repro", "public")
+
+_WORD = r"^[A-Za-z0-9_\-]{1,64}$"
+_ARCHIVE_ID = r"^[A-Za-z0-9_.\-]{1,128}$"
+_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class SubscriptionRequest(BaseModel):
+    """What a person asks for (``POST /v1/subscriptions``; ``skyport notifier subscribe``).
+
+    A program (``mission`` and ``propid``), an obset of a program (and ``obset``), or one file (``archive_id``,
+    with or without its program). ``min_level`` is "this level or above" in the mission's level order.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mission: str | None = Field(default=None, pattern=_WORD)
+    propid: str | None = Field(default=None, pattern=_WORD)
+    obset: str | None = Field(default=None, pattern=_WORD)
+    archive_id: str | None = Field(default=None, pattern=_ARCHIVE_ID)
+    triggers: list[Trigger] = Field(default_factory=lambda: list(TRIGGERS), min_length=1, max_length=4)
+    min_level: str | None = Field(default=None, pattern=_WORD)
+    frequency: Frequency = "daily"
+    time_of_day: str = Field(default="08:00", pattern=_TIME, description="HH:MM in time_zone")
+    time_zone: str = Field(default="UTC", min_length=1, max_length=64, description="An IANA time zone name")
+    channel: Channel = "email"
+
+    @field_validator("mission")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return None if value is None else value.upper()
+
+    @field_validator("triggers")
+    @classmethod
+    def _distinct(cls, value: list[Trigger]) -> list[Trigger]:
+        return [trigger for trigger in TRIGGERS if trigger in value]
+
+    @model_validator(mode="after")
+    def _what(self) -> Self:
+        if self.archive_id is None and (self.mission is None or self.propid is None):
+            raise ValueError("name a program (mission and propid), an obset of one (and obset), or an archive_id")
+        if (self.mission is None) != (self.propid is None):
+            raise ValueError("mission and propid come together")
+        if self.obset is not None and self.archive_id is not None:
+            raise ValueError("an obset or an archive_id, not both")
+        if self.min_level is not None and self.mission is None:
+            raise ValueError("min_level is in a mission's level order: name the mission (and propid)")
+        return self
+
+    @property
+    def local_time(self) -> time:
+        hours, minutes = self.time_of_day.split(":")
+        return time(int(hours), int(minutes))
+
+
+class Subscription(BaseModel):
+    """A subscription as kept, and as the API answers it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subscription_id: int
+    username: str
+    email: str
+    mission: str | None
+    propid: str | None
+    obset: str | None
+    archive_id: str | None
+    triggers: list[Trigger]
+    min_level: str | None
+    frequency: Frequency
+    time_of_day: str
+    time_zone: str
+    channel: Channel
+    active: bool
+    stopped_at: datetime | None
+    stopped_reason: str | None
+    created_at: datetime
+
+    @property
+    def what(self) -> str:
+        """The subscription's object in words: ``KECK 2026A_U123``, ``KECK 2026A_U123 obset 002``, a file."""
+        if self.archive_id is not None:
+            return f"file {self.archive_id}"
+        text = f"{self.mission} {self.propid}"
+        return text if self.obset is None else f"{text} obset {self.obset}"
+
+
+class SubscriptionList(BaseModel):
+    subscriptions: list[Subscription]
