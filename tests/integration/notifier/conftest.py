@@ -1,0 +1,170 @@
+"""The notifier on the real RabbitMQ and PostgreSQL, with the catalog in-process and an aiosmtpd server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiosmtpd.controller import Controller
+from prometheus_client import CollectorRegistry
+
+from services.catalog import cli as catalog_cli
+from services.notifier.app import parts
+from services.notifier.app import service as notifier_service
+from services.notifier.catalog import CatalogClient
+from services.notifier.delivery import Deliverer, DeliveryMetrics
+from services.notifier.handlers.events import dataset_subscription
+from services.notifier.handlers.http import NotifierApi
+from services.notifier.mailer import SmtpMailer
+from services.notifier.settings import NotifierSettings
+from skyport.bus import Bus
+from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
+from tests.support.catalog import CatalogInProcess, catalog_database
+from tests.support.catalog_api import ApiClient, serve_catalog_api
+from tests.support.servers import DATABASE_URL
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Mailbox:
+    """An SMTP server's handler that keeps what it accepts; ``reply`` says what it answers instead (a 4xx, 5xx)."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.reply: str | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.reply is not None:
+            return self.reply
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.messages.append(parsed)
+        return "250 OK: queued"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    port = unused_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+@dataclass
+class World:
+    """One test's archive: the catalog (consumer, relay, API), its people, one program, and the notifier."""
+
+    unique: str
+    propid: str
+    catalog: CatalogInProcess
+    catalog_api: ApiClient
+    notifier_db: Database
+    notifier: TestClient[Any, Any]
+    deliverer: Deliverer
+    mailbox: Mailbox
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    async def rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return list(await self.notifier_db.pool.fetch(query, *args))
+
+    async def subscribe(self, who: str, **body: Any) -> dict[str, Any]:
+        response = await self.notifier.post(
+            "/v1/subscriptions", json=body, headers={"Authorization": f"Bearer {self.tokens[who]}"}
+        )
+        answer = await response.json()
+        assert response.status == 201, answer
+        return dict(answer)
+
+
+@pytest.fixture
+async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: Path) -> AsyncIterator[World]:
+    box, smtp_port = mailbox
+    propid = f"N{unique}"
+    async with catalog_database(DATABASE_URL, f"test_{unique}_cat") as catalog_db:
+        for name, admin in (("alice", False), ("bob", False), ("notifier", True)):
+            await catalog_cli.add_user(catalog_db, name, email=f"{name}@example.org", admin=admin)
+        await catalog_cli.add_program(catalog_db, "KECK", propid, title="Hot Jupiters", pi="alice")
+        tokens = {name: await catalog_cli.issue_token(catalog_db, name) for name in ("alice", "bob", "notifier")}
+        async with serve_catalog_api(catalog_db, tmp_path / "archive") as api, notifier_database(unique) as ndb:
+            catalog = CatalogInProcess(catalog_db, bus, unique)
+            await catalog.start()
+            settings = NotifierSettings(
+                notifier_public_url="http://notifier.test",
+                notifier_catalog_url=api.public_url,
+                notifier_catalog_token=tokens["notifier"],
+                notifier_signing_secret="s" * 40,
+                smtp_host="127.0.0.1",
+                smtp_port=smtp_port,
+                smtp_security="none",
+                instruments_dir=REPO / "deploy" / "instruments",
+                notifier_poll_interval=0.1,
+                notifier_coalesce_window=2.0,
+            )
+            made = parts(settings)
+            async with aiohttp.ClientSession() as session:
+                client = CatalogClient(session, api.public_url, tokens["notifier"])
+                deliverer = Deliverer(
+                    ndb,
+                    client,
+                    made.composer,
+                    SmtpMailer(settings),
+                    poll_interval=0.1,
+                    coalesce_window=2.0,
+                    fast_per_hour=6,
+                    max_attempts=3,
+                    metrics=DeliveryMetrics(CollectorRegistry()),
+                )
+                await bus.subscribe(
+                    dataset_subscription(
+                        ndb,
+                        made.matcher,
+                        settings,
+                        deliverer.wake,
+                        queue=f"test.{unique}.notifier",
+                        bindings=(f"dataset.*.*.*.{propid.lower()}",),
+                    )
+                )
+                loop = asyncio.create_task(deliverer.run())
+                server = TestClient(TestServer(NotifierApi(ndb, client, made.signer, made.levels).app()))
+                await server.start_server()
+                try:
+                    yield World(unique, propid, catalog, api, ndb, server, deliverer, box, tokens)
+                finally:
+                    await server.close()
+                    loop.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loop
+                    await catalog.stop_relay()
+
+
+@contextlib.asynccontextmanager
+async def notifier_database(unique: str) -> AsyncIterator[Database]:
+    schema = f"test_{unique}_ntf"
+    db = await Database.connect(DATABASE_URL, schema, min_size=1, max_size=6)
+    async with db.pool.acquire() as conn:
+        assert notifier_service.migrations is not None
+        await Migrator(schema, {"skyport": LIBRARY_MIGRATIONS, "notifier": notifier_service.migrations}).apply(conn)
+    try:
+        yield db
+    finally:
+        await db.close()
+        conn = await asyncpg.connect(DATABASE_URL)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
