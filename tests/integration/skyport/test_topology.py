@@ -43,8 +43,10 @@ def a_command_for(queue: WorkQueue) -> CloudEvent[Any]:
         "file.archived": {"archive_id": "HI.X"},
         "ingest.completed": {"transfer_id": "t", "archive_id": "HI.X", "version": 1},
         "ingest.failed": {"transfer_id": "t", "reason": "test"},
+        # The notifier's queue takes data events (dataset.#): a dataset event stands for its command.
+        "dataset.new": {"mission": "KECK", "propid": "P1", "level": "0", "type": "new"},
     }
-    event_type = queue.bindings[0]
+    event_type = "dataset.new" if queue.bindings[0] == "dataset.#" else queue.bindings[0]
     model = EVENT_MODELS[event_type]
     return CloudEvent.create(model.model_construct(**samples[event_type]), source="/skyport/tests")
 
