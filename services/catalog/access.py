@@ -99,6 +99,12 @@ def visible_condition(viewer: Viewer, params: Params, alias: str = "p") -> str:
     )
 
 
+async def viewer_named(conn: asyncpg.Connection, username: str) -> Viewer | None:
+    """The viewer a user would be if they asked themselves (usernames are lower-case); None for an unknown user."""
+    user = await UserStore(conn).by_username(username.lower())
+    return None if user is None else Viewer(user.user_id, user.username, user.is_admin)
+
+
 async def can_see_product(conn: asyncpg.Connection, viewer: Viewer, archive_id: str) -> bool:
     """Whether the viewer may see this product (its metadata, its versions, its files); False if it does not exist."""
     params = Params(archive_id)
@@ -205,6 +211,14 @@ def check_may_follow_catalog(viewer: Viewer) -> None:
     require_user(viewer)
     if not viewer.is_admin:
         raise NotAllowed("the catalog position is for administrators (a gateway's service account)")
+
+
+def check_may_ask_for_others(viewer: Viewer) -> None:
+    """Only an administrator (a service account such as the notifier's) asks what another user may see: the answer
+    tells which proprietary products exist, so to anyone else it would leak what the rule hides."""
+    require_user(viewer)
+    if not viewer.is_admin:
+        raise NotAllowed("what another user may see is for administrators (a service account such as the notifier)")
 
 
 async def check_may_see_members(conn: asyncpg.Connection, viewer: Viewer, mission: str, propid: str) -> None:

@@ -18,7 +18,13 @@ from urllib.parse import urlencode
 import asyncpg
 import structlog
 
-from services.catalog.access import Viewer, check_may_follow_catalog
+from services.catalog.access import (
+    Viewer,
+    check_may_ask_for_others,
+    check_may_follow_catalog,
+    programs_visible_to,
+    viewer_named,
+)
 from services.catalog.bulk import ScriptFile, render_script
 from services.catalog.errors import NoSuchVersion, ProductNotFound, StoredFileUnreadable, StoredFileUnusable
 from services.catalog.storage.products import ProductVersion
@@ -167,3 +173,38 @@ async def newest_position(conn: asyncpg.Connection, viewer: Viewer) -> int:
     """The newest position in the catalog order, where a reader of every change starts (administrators)."""
     check_may_follow_catalog(viewer)
     return await ProductQueries(conn).newest_seq()
+
+
+@dataclass(frozen=True)
+class Visible:
+    """What one user may see now, of what was asked: a service's question on someone's behalf."""
+
+    username: str
+    known: bool
+    """False when the catalog has no such user (who then sees nothing, not even public data)."""
+    archive_ids: list[str]
+    programs: list[tuple[str, str]]
+    """The programs asked about whose proprietary data the user sees (a member, or an administrator)."""
+
+
+async def visible_to(
+    conn: asyncpg.Connection,
+    caller: Viewer,
+    username: str,
+    archive_ids: Sequence[str],
+    programs: Sequence[tuple[str, str]] = (),
+) -> Visible:
+    """Which of ``archive_ids`` (one query) and of ``programs`` the user ``username`` may see now, as the access
+    rule decides for that user at this moment (a revoked collaborator sees nothing more from the revoking commit).
+
+    Only an administrator asks (the notifier, deciding who is told what when a notice is sent). An unknown user
+    is answered with nothing: a notice is never sent on behalf of someone the catalog does not know.
+    """
+    check_may_ask_for_others(caller)
+    viewer = await viewer_named(conn, username)
+    if viewer is None:
+        return Visible(username.lower(), False, [], [])
+    ids = await ProductQueries(conn).visible_ids(viewer, sorted(set(archive_ids)))
+    asked = {(mission.upper(), propid) for mission, propid in programs}
+    seen = sorted(asked & {(m.mission, m.propid) for m in await programs_visible_to(conn, viewer)}) if asked else []
+    return Visible(viewer.username or username.lower(), True, ids, seen)

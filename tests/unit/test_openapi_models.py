@@ -23,6 +23,7 @@ ANSWERS: dict[tuple[str, str, str, str], type[BaseModel]] = {
     ("catalog", "/v1/me", "get", "200"): catalog.Me,
     ("catalog", "/v1/nights", "get", "200"): catalog.NightRules,
     ("catalog", "/v1/position", "get", "200"): catalog.Position,
+    ("catalog", "/v1/access/visible", "post", "200"): catalog.Visible,
     ("catalog", "/v1/programs/{mission}/{propid}/members", "get", "200"): catalog.Members,
     ("catalog", "/v1/programs/{mission}/{propid}/members/{username}", "put", "200"): catalog.MembershipChange,
     ("catalog", "/v1/programs/{mission}/{propid}/release", "post", "200"): catalog.Released,

@@ -159,6 +159,7 @@ class CatalogApi:
         router.add_put("/v1/programs/{mission}/{propid}/members/{username}", self.grant_member)
         router.add_delete("/v1/programs/{mission}/{propid}/members/{username}", self.revoke_member)
         router.add_post("/v1/programs/{mission}/{propid}/release", self.release)
+        router.add_post("/v1/access/visible", self.visible)
         router.add_post("/v1/tokens", self.issue_token)
         router.add_delete("/v1/tokens/{token_id}", self.revoke_token)
         return app
@@ -322,6 +323,28 @@ class CatalogApi:
         async with self._snapshot() as conn:
             seq = await products.newest_position(conn, request[VIEWER])
         return _answer(api.Position(cursor=encode_cursor(seq)))
+
+    async def visible(self, request: web.Request) -> web.Response:
+        """What another user may see now, of the products and programs asked (administrators: the notifier)."""
+        _only(request, ())
+        viewer = require_user(request[VIEWER])
+        question = await json_body(request, api.VisibleQuestion)
+        async with self._snapshot() as conn:
+            found = await products.visible_to(
+                conn,
+                viewer,
+                question.username,
+                question.archive_ids,
+                [(p.mission, p.propid) for p in question.programs],
+            )
+        return _answer(
+            api.Visible(
+                username=found.username,
+                known=found.known,
+                archive_ids=found.archive_ids,
+                programs=[api.ProgramRef(mission=m, propid=p) for m, p in found.programs],
+            )
+        )
 
     # --- people and programs ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ may not see is never returned, counted or served, and is reported exactly like o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
@@ -202,6 +203,16 @@ class ProductQueries:
         where = f"{filter_condition(product_filter, params)} AND {visible_condition(viewer, params)}"
         count: int = await self.conn.fetchval(f"SELECT count(*) FROM products p WHERE {where}", *params.values)
         return count
+
+    async def visible_ids(self, viewer: Viewer, archive_ids: Sequence[str]) -> list[str]:
+        """Those of ``archive_ids`` the viewer may see now, sorted (unknown ones are left out like hidden ones)."""
+        params = Params(list(archive_ids))
+        rows = await self.conn.fetch(
+            f"SELECT p.archive_id FROM products p WHERE p.archive_id = ANY($1::text[]) "
+            f"AND {visible_condition(viewer, params)} ORDER BY p.archive_id",
+            *params.values,
+        )
+        return [row["archive_id"] for row in rows]
 
     async def product(self, viewer: Viewer, archive_id: str) -> FoundProduct | None:
         """The product, or None when it does not exist or the viewer may not see it."""

@@ -337,6 +337,59 @@ async def test_tokens_are_issued_shown_once_and_stop_working_when_revoked(observ
     assert (await o.api.get("/v1/me", who="pi")).status == 200  # the PI's other token still works
 
 
+async def test_a_service_asks_what_another_user_may_see_now_and_only_an_administrator_may_ask(
+    observatory: Observatory,
+) -> None:
+    o = observatory
+    asked = [o.secret.archive_id, o.public.archive_id, o.others.archive_id, f"HI.{o.unique}.nothing"]
+    programs = [{"mission": "keck", "propid": o.propid}, {"mission": "KECK", "propid": o.other}]
+
+    async def visible(username: str, who: str = "admin") -> tuple[int, Any]:
+        response = await o.api.request(
+            "POST",
+            "/v1/access/visible",
+            who=who,
+            json={"username": username, "archive_ids": asked, "programs": programs},
+        )
+        return response.status, await response.json()
+
+    def seen(answer: Any) -> tuple[set[str], set[str]]:
+        model = api_models.Visible.model_validate(answer)
+        return set(model.archive_ids), {p.propid for p in model.programs}
+
+    secret, public, others = o.secret.archive_id, o.public.archive_id, o.others.archive_id
+    expected_before = {
+        "collaborator": ({secret, public}, {o.propid}),
+        "stranger": ({public}, set()),
+        "former": ({public}, set()),
+        "other-pi": ({public, others}, {o.other}),
+        "admin": ({secret, public, others}, {o.propid, o.other}),
+    }
+    for who, expected_seen in expected_before.items():
+        status, answer = await visible(o.user(who).upper())  # usernames are compared in lower case
+        assert status == 200, answer
+        assert (answer["username"], answer["known"]) == (o.user(who), True)
+        assert seen(answer) == expected_seen, who
+    # Someone the catalog does not know sees nothing, not even public data.
+    status, answer = await visible(f"nobody-{o.unique}")
+    assert (status, answer["known"], answer["archive_ids"], answer["programs"]) == (200, False, [], [])
+    # Only an administrator asks: to anyone else the answer would tell which proprietary products exist.
+    for who in ("pi", "collaborator", "stranger"):
+        status, answer = await visible(o.user("stranger"), who=who)
+        assert status == 403, answer
+    assert (await visible(o.user("stranger"), who="anonymous"))[0] == 401
+    refused = await o.api.request("POST", "/v1/access/visible", who="admin", json={"username": "x", "archive": []})
+    assert refused.status == 400
+
+    # A revoked collaborator sees nothing more from that moment; a release shows the product to everyone.
+    revoked = await o.api.request("DELETE", f"/v1/programs/KECK/{o.propid}/members/{o.user('collaborator')}", who="pi")
+    assert revoked.status == 204
+    assert seen((await visible(o.user("collaborator")))[1]) == ({public}, set())
+    released = await o.api.request("POST", f"/v1/programs/keck/{o.propid}/release", who="pi")
+    assert released.status == 200
+    assert seen((await visible(o.user("stranger")))[1]) == ({secret, public}, set())
+
+
 # --- searches ---------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.json_schema import SkipJsonSchema
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")]
@@ -208,3 +208,42 @@ class Released(_Answer):
     mission: str
     propid: str
     released: list[str]
+
+
+class ProgramRef(_Answer):
+    """A program, by mission and program ID."""
+
+    mission: str
+    propid: str
+
+
+class ProgramAsked(ProgramRef):
+    """A program in a question (a misspelt field is refused, not ignored)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+MAX_VISIBLE_IDS = 10_000
+
+
+class VisibleQuestion(BaseModel):
+    """``POST /v1/access/visible`` (administrators): what may ``username`` see now, of these products and programs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str = Field(min_length=1, max_length=200)
+    archive_ids: list[str] = Field(default_factory=list, max_length=MAX_VISIBLE_IDS)
+    programs: list[ProgramAsked] = Field(default_factory=list, max_length=MAX_VISIBLE_IDS)
+    """Programs whose proprietary data the user may or may not see (for a notice that lists no files)."""
+
+
+class Visible(_Answer):
+    """``POST /v1/access/visible``: the part of the question the user may see now, as the access rule decides."""
+
+    username: str
+    known: bool
+    """False when the catalog has no such user: then nothing is visible, not even public data."""
+    archive_ids: list[str]
+    """The products asked about that the user may see (sorted; unknown ones are left out like hidden ones)."""
+    programs: list[ProgramRef]
+    """The programs asked about whose proprietary data the user sees: a member, or an administrator."""
