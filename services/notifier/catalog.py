@@ -1,14 +1,14 @@
-"""The catalog as the notifier asks it: who a token belongs to, a program's title and members, a product's state.
+"""The catalog as the notifier asks it: who a token belongs to, what a subscriber may see now, a program's title.
 
 The notifier keeps no copy of who may see what. When a notice is sent it asks the catalog, with an administrator's
-token, for the program's members and each product's state (``Visibility``), and applies the catalog's one rule
-as the catalog's answers state it: a product is visible to its program's members, and to anyone once public.
-The rule's third clause (administrators see everything) is not applied: the members answer does not say who is an
-administrator, so an administrator subscribed to someone else's program is told only of public data.
+token, which of the notice's files (and, for a notice without files, which programs' proprietary data) the
+subscriber may see at that moment (``POST /v1/access/visible``): one question per email, answered by the catalog's
+one rule (``services/catalog/access.py``) in one query, administrators included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,17 +46,37 @@ class CatalogClient:
             return None
         return _parse(api.Members, status, body, path)
 
-    async def product(self, archive_id: str) -> api.Product | None:
-        """A product's current state; None when the catalog has no such product."""
-        path = f"/v1/products/{archive_id}"
-        status, body = await self._get(path, self._service_token)
-        if status == 404:
-            return None
-        return _parse(api.Product, status, body, path)
+    async def visible(
+        self, username: str, archive_ids: Sequence[str], programs: Sequence[tuple[str, str]] = ()
+    ) -> api.Visible:
+        """Which of ``archive_ids`` and ``programs`` (proprietary data) ``username`` may see now."""
+        path = "/v1/access/visible"
+        ids = sorted(set(archive_ids))
+        asked = [api.ProgramAsked(mission=m, propid=p) for m, p in sorted(set(programs))]
+        answers = []
+        # The catalog takes at most MAX_VISIBLE_IDS archive IDs a question: a digest of more asks several times.
+        for start in range(0, max(len(ids), 1), api.MAX_VISIBLE_IDS):
+            question = api.VisibleQuestion(
+                username=username,
+                archive_ids=ids[start : start + api.MAX_VISIBLE_IDS],
+                programs=asked if start == 0 else [],
+            )
+            status, body = await self._request("POST", path, self._service_token, question.model_dump(mode="json"))
+            answers.append(_parse(api.Visible, status, body, path))
+        if len(answers) == 1:
+            return answers[0]
+        return answers[0].model_copy(
+            update={"archive_ids": sorted(i for answer in answers for i in answer.archive_ids)}
+        )
 
     async def _get(self, path: str, token: str) -> tuple[int, Any]:
+        return await self._request("GET", path, token)
+
+    async def _request(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
         try:
-            async with self.session.get(self.base_url + path, headers={"Authorization": f"Bearer {token}"}) as response:
+            async with self.session.request(
+                method, self.base_url + path, headers={"Authorization": f"Bearer {token}"}, json=body
+            ) as response:
                 if response.status >= 500:
                     raise CatalogUnavailable(f"the catalog answered {response.status} to {path}")
                 return response.status, await response.json(content_type=None)
@@ -76,34 +96,28 @@ def _parse(model: type[AnswerT], status: int, body: Any, path: str) -> AnswerT:
         raise CatalogUnavailable(f"the catalog's {path} is not what the notifier expects: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What one subscriber may see now of one email's notices, as the catalog answered."""
+
+    archive_ids: frozenset[str]
+    programs: frozenset[tuple[str, str]]
+    """Programs whose proprietary data the subscriber sees (asked only for notices that list no files)."""
+
+    def files(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [f for f in files if f.get("archive_id") in self.archive_ids]
+
+
 @dataclass
-class Visibility:
-    """What subscribers may see now, asked of the catalog once per program and product for one round of sending."""
+class Titles:
+    """Programs' titles, asked of the catalog once per program for one round of sending."""
 
     catalog: CatalogClient
-    _programs: dict[tuple[str, str], api.Members | None] = field(default_factory=dict)
-    _public: dict[str, bool] = field(default_factory=dict)
+    _titles: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
-    async def program(self, mission: str, propid: str) -> api.Members | None:
+    async def of(self, mission: str, propid: str) -> str | None:
         key = (mission, propid)
-        if key not in self._programs:
-            self._programs[key] = await self.catalog.members(mission, propid)
-        return self._programs[key]
-
-    async def is_member(self, username: str, mission: str, propid: str) -> bool:
-        program = await self.program(mission, propid)
-        return program is not None and any(m.username == username for m in program.members)
-
-    async def is_public(self, archive_id: str) -> bool:
-        if archive_id not in self._public:
-            product = await self.catalog.product(archive_id)
-            self._public[archive_id] = product is not None and product.public
-        return self._public[archive_id]
-
-    async def visible_files(
-        self, username: str, mission: str, propid: str, files: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """The files of a notice ``username`` may see now: all for a member, the public ones for anyone else."""
-        if await self.is_member(username, mission, propid):
-            return files
-        return [f for f in files if await self.is_public(f["archive_id"])]
+        if key not in self._titles:
+            program = await self.catalog.members(mission, propid)
+            self._titles[key] = None if program is None else program.title
+        return self._titles[key]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from services.notifier import storage
-from services.notifier.catalog import CatalogClient, CatalogUnavailable, Visibility
+from services.notifier.catalog import CatalogClient, CatalogUnavailable, Seen, Titles
 from services.notifier.mail import Composer, NoticeItem
 from services.notifier.mailer import Mailer
 from skyport.db import Database
@@ -66,6 +67,7 @@ class Deliverer:
         fast_per_hour: int,
         max_attempts: int,
         metrics: DeliveryMetrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
         self.catalog = catalog
@@ -76,6 +78,8 @@ class Deliverer:
         self.fast_per_hour = fast_per_hour
         self.max_attempts = max_attempts
         self.metrics = metrics
+        self.clock = clock
+        """What time it is for the loop: when notices are due, windows and back-off (tests move it on)."""
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -89,7 +93,7 @@ class Deliverer:
     async def deliver_due(self) -> int:
         """One round over every group with something due; returns how many emails were decided."""
         async with self.db.pool.acquire() as conn:
-            groups = await storage.due_groups(conn)
+            groups = await storage.due_groups(conn, self.clock())
         decided = 0
         for group in groups:
             try:
@@ -102,24 +106,26 @@ class Deliverer:
 
     async def deliver(self, group: storage.DueGroup) -> str | None:
         """Claim, decide, send and record one group's email; its outcome, or None if another took the notices."""
-        visibility = Visibility(self.catalog)  # asked afresh each round: access is decided when a notice is sent
+        titles = Titles(self.catalog)
+        now = self.clock()
         async with self.db.transaction() as conn:
-            notices = await storage.claim(conn, group)
+            notices = await storage.claim(conn, group, now)
             if not notices:
                 return None
+            seen = await self._seen(group.username, notices)  # asked now: access is decided when a notice is sent
             key = message_key(group, notices)
             subscription_ids = sorted({n.subscription.subscription_id for n in notices})
             items: list[NoticeItem] = []
             withheld: list[int] = []
             for notice in notices:
-                item = await self._visible(notice, visibility)
+                item = await self._visible(notice, seen, titles)
                 if item is None:
                     withheld.append(notice.notice_id)
                 else:
                     items.append(item)
             if not items:
                 delivery_id = await storage.record_delivery(
-                    conn, group, subscription_ids, key, "withheld", "nothing the subscriber may see now", None
+                    conn, group, subscription_ids, key, "withheld", "nothing the subscriber may see now", None, now
                 )
                 await storage.close_notices(conn, withheld, "withheld", delivery_id)
                 self.metrics.emails.labels("withheld").inc()
@@ -129,7 +135,9 @@ class Deliverer:
             result = await self.mailer.send(message)
             sent_ids = [item_id for item_id in (n.notice_id for n in notices) if item_id not in set(withheld)]
             if result.outcome == "accepted":
-                delivery_id = await storage.record_delivery(conn, group, subscription_ids, key, "sent", None, content)
+                delivery_id = await storage.record_delivery(
+                    conn, group, subscription_ids, key, "sent", None, content, now
+                )
                 await storage.record_attempt(
                     conn, delivery_id, subscription_ids, "accepted", result.code, result.response
                 )
@@ -138,7 +146,7 @@ class Deliverer:
                     await storage.close_notices(conn, withheld, "withheld", delivery_id)
                 if group.kind == "fast" and group.subscription_id is not None:
                     await storage.after_fast_send(
-                        conn, group.subscription_id, group.username, self.coalesce_window, self.fast_per_hour
+                        conn, group.subscription_id, group.username, self.coalesce_window, self.fast_per_hour, now
                     )
                 self.metrics.emails.labels("sent").inc()
                 log.info(
@@ -158,7 +166,7 @@ class Deliverer:
                     else (f"gave up after {attempts} attempts: {result.response}")
                 )
                 delivery_id = await storage.record_delivery(
-                    conn, group, subscription_ids, key, "failed", reason, content
+                    conn, group, subscription_ids, key, "failed", reason, content, now
                 )
                 await storage.record_attempt(
                     conn, delivery_id, subscription_ids, result.outcome, result.code, result.response
@@ -175,7 +183,7 @@ class Deliverer:
                 )
                 return "failed"
             await storage.record_attempt(conn, None, subscription_ids, "temporary", result.code, result.response)
-            await storage.postpone_notices(conn, [n.notice_id for n in notices], retry_delay(attempts))
+            await storage.postpone_notices(conn, [n.notice_id for n in notices], retry_delay(attempts), now)
             self.metrics.emails.labels("temporary").inc()
             log.warning(
                 "email not taken; will try again",
@@ -186,20 +194,26 @@ class Deliverer:
             )
             return "temporary"
 
-    async def _visible(self, notice: storage.ClaimedNotice, visibility: Visibility) -> NoticeItem | None:
+    async def _seen(self, username: str, notices: Sequence[storage.ClaimedNotice]) -> Seen:
+        """One question to the catalog for the whole email: which of its files (and, for notices that list no
+        files, which programs' proprietary data) the subscriber may see now."""
+        archive_ids = {f["archive_id"] for n in notices for f in n.data.get("files", [])}
+        programs = {(n.mission, n.propid) for n in notices if not n.data.get("files")}
+        answer = await self.catalog.visible(username, sorted(archive_ids), sorted(programs))
+        return Seen(frozenset(answer.archive_ids), frozenset((p.mission, p.propid) for p in answer.programs))
+
+    async def _visible(self, notice: storage.ClaimedNotice, seen: Seen, titles: Titles) -> NoticeItem | None:
         """The notice as its subscriber may see it now, or None when they may see none of it."""
         data = notice.data
-        username = notice.subscription.username
-        files = await visibility.visible_files(username, notice.mission, notice.propid, list(data.get("files", [])))
+        files = seen.files(list(data.get("files", [])))
         if not files:
-            # An event that lists no files (the legacy message) says only that there is data: members, and
-            # anyone once it is public.
+            # An event that lists no files (the legacy message) says only that there is data: to those who see
+            # the program's proprietary data, and to anyone once it is public.
             told = not data.get("files") and (
-                data.get("type") == "public" or await visibility.is_member(username, notice.mission, notice.propid)
+                data.get("type") == "public" or (notice.mission, notice.propid) in seen.programs
             )
             if not told:
                 return None
-        program = await visibility.program(notice.mission, notice.propid)
         return NoticeItem(
             subscription=notice.subscription,
             event_id=notice.event_id,
@@ -207,7 +221,7 @@ class Deliverer:
             trigger=str(data.get("type", notice.event_type.removeprefix("dataset."))),
             mission=notice.mission,
             propid=notice.propid,
-            title=program.title if program is not None else None,
+            title=await titles.of(notice.mission, notice.propid),
             level=notice.level,
             obsets=list(data.get("obsets", [])),
             files=files,

@@ -21,8 +21,9 @@ class NotifierSettings(CommonSettings):
         default="http://localhost:8082", description="The catalog API as the notifier reaches it."
     )
     notifier_catalog_token: SecretStr = Field(
-        description="An administrator's catalog token: the notifier reads programs' members and products with it "
-        "to decide, when a notice is sent, what its subscriber may see (skyport catalog add-user notifier --admin; "
+        description="An administrator's catalog token: with it the notifier asks the catalog, when a notice is "
+        "sent, what its subscriber may see (POST /v1/access/visible) and reads programs' titles "
+        "(skyport catalog add-user notifier --admin; "
         "skyport catalog issue-token notifier). Required.",
     )
     notifier_signing_secret: SecretStr = Field(

@@ -251,16 +251,18 @@ class DueGroup:
     subscription_id: int | None
 
 
-async def due_groups(conn: asyncpg.Connection, limit: int = 200) -> list[DueGroup]:
+async def due_groups(conn: asyncpg.Connection, now: datetime, limit: int = 200) -> list[DueGroup]:
+    """The groups with something due at ``now`` (the delivery loop's clock, which tests drive)."""
     rows = await conn.fetch(
         "SELECT DISTINCT s.frequency = 'fast' AS fast, s.username, s.email, "
         "CASE WHEN s.frequency = 'fast' THEN s.subscription_id END AS subscription_id "
         "FROM pending_notices n JOIN subscriptions s USING (subscription_id) "
-        "WHERE n.state = 'pending' AND n.due_at <= now() AND n.next_attempt_at <= now() "
+        "WHERE n.state = 'pending' AND n.due_at <= $2 AND n.next_attempt_at <= $2 "
         "AND s.active AND s.stopped_at IS NULL "
-        "AND (s.frequency <> 'fast' OR s.fast_next_at IS NULL OR s.fast_next_at <= now()) "
+        "AND (s.frequency <> 'fast' OR s.fast_next_at IS NULL OR s.fast_next_at <= $2) "
         "LIMIT $1",
         limit,
+        now,
     )
     return [
         DueGroup("fast" if row["fast"] else "digest", row["username"], row["email"], row["subscription_id"])
@@ -283,21 +285,22 @@ class ClaimedNotice:
     resends: int
 
 
-async def claim(conn: asyncpg.Connection, group: DueGroup) -> list[ClaimedNotice]:
-    """Lock the group's due notices for this transaction (others skip them), oldest first."""
+async def claim(conn: asyncpg.Connection, group: DueGroup, now: datetime) -> list[ClaimedNotice]:
+    """Lock the group's notices due at ``now`` for this transaction (others skip them), oldest first."""
     if group.kind == "fast":
-        condition = "n.subscription_id = $1 AND (s.fast_next_at IS NULL OR s.fast_next_at <= now())"
+        condition = "n.subscription_id = $2 AND (s.fast_next_at IS NULL OR s.fast_next_at <= $1)"
         key: Any = group.subscription_id
     else:
-        condition = "s.username = $1 AND s.email = $2 AND s.frequency <> 'fast'"
+        condition = "s.username = $2 AND s.email = $3 AND s.frequency <> 'fast'"
         key = group.username
     rows = await conn.fetch(
         f"SELECT n.notice_id, n.event_id, n.event_type, n.event_time, n.mission AS n_mission, n.propid AS n_propid, "
         f"n.level, n.data, n.attempts, n.resends, {_columns('s')} "
         "FROM pending_notices n JOIN subscriptions s ON s.subscription_id = n.subscription_id "
-        "WHERE n.state = 'pending' AND n.due_at <= now() AND n.next_attempt_at <= now() "
+        "WHERE n.state = 'pending' AND n.due_at <= $1 AND n.next_attempt_at <= $1 "
         f"AND s.active AND s.stopped_at IS NULL AND {condition} "
         "ORDER BY n.notice_id FOR UPDATE OF n SKIP LOCKED",
+        now,
         *((key,) if group.kind == "fast" else (key, group.email)),
     )
     claimed = []
@@ -330,10 +333,11 @@ async def record_delivery(
     state: str,
     reason: str | None,
     content: dict[str, Any] | None,
+    now: datetime,
 ) -> int:
     delivery_id: int = await conn.fetchval(
-        "INSERT INTO deliveries (username, email, kind, subscription_ids, message_key, state, reason, content) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING delivery_id",
+        "INSERT INTO deliveries (username, email, kind, subscription_ids, message_key, state, reason, content, "
+        "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING delivery_id",
         group.username,
         group.email,
         group.kind,
@@ -342,6 +346,7 @@ async def record_delivery(
         state,
         reason,
         None if content is None else json.dumps(content),
+        now,
     )
     return delivery_id
 
@@ -374,18 +379,21 @@ async def close_notices(conn: asyncpg.Connection, notice_ids: Sequence[int], sta
     )
 
 
-async def postpone_notices(conn: asyncpg.Connection, notice_ids: Sequence[int], delay_seconds: float) -> None:
-    """A temporary failure: try again after ``delay_seconds``."""
+async def postpone_notices(
+    conn: asyncpg.Connection, notice_ids: Sequence[int], delay_seconds: float, now: datetime
+) -> None:
+    """A temporary failure: try again ``delay_seconds`` after ``now``."""
     await conn.execute(
-        "UPDATE pending_notices SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2) "
+        "UPDATE pending_notices SET attempts = attempts + 1, next_attempt_at = $3 + make_interval(secs => $2) "
         "WHERE notice_id = ANY($1::bigint[])",
         list(notice_ids),
         delay_seconds,
+        now,
     )
 
 
 async def after_fast_send(
-    conn: asyncpg.Connection, subscription_id: int, username: str, window_seconds: float, per_hour: int
+    conn: asyncpg.Connection, subscription_id: int, username: str, window_seconds: float, per_hour: int, now: datetime
 ) -> None:
     """After a fast notice: the next waits out the coalescing window, or the hour when the cap is reached."""
     await conn.execute(
@@ -393,10 +401,10 @@ async def after_fast_send(
         WITH recent AS (
             SELECT count(*) AS sent, min(created_at) AS oldest FROM deliveries
             WHERE username = $2 AND kind = 'fast' AND state = 'sent' AND $1 = ANY(subscription_ids)
-              AND created_at > now() - interval '1 hour'
+              AND created_at > $5::timestamptz - interval '1 hour'
         )
         UPDATE subscriptions SET fast_next_at = greatest(
-            now() + make_interval(secs => $3),
+            $5::timestamptz + make_interval(secs => $3),
             CASE WHEN recent.sent >= $4 THEN recent.oldest + interval '1 hour' END
         )
         FROM recent WHERE subscription_id = $1
@@ -405,6 +413,7 @@ async def after_fast_send(
         username,
         window_seconds,
         per_hour,
+        now,
     )
 
 
