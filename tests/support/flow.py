@@ -18,6 +18,7 @@ from yarl import URL
 
 from services.catalog import cli as catalog
 from services.receiver.storage import SiteStore
+from skyport.bus import topology
 from skyport.cli import load_service
 from skyport.db import Database
 from skyport.runtime import migrate
@@ -146,8 +147,10 @@ class Flow:
         # command is a new interpreter (seconds of imports), and a suite makes a hundred flows. The commands
         # themselves have tests of their own (tests/integration/skyport/test_cli_errors.py, test_site_credentials).
         settings = CommonSettings(database_url=self.database_url)
-        for name in ("receiver", "ingestor", "catalog"):
+        services = ("receiver", "ingestor", "catalog")
+        for name in services:
             await migrate(load_service(name), settings)
+        await topology.apply_topology(self.amqp_url, set(services))  # as `skyport migrate` declares the bus too
         db = await Database.connect(self.database_url, "receiver", min_size=1, max_size=1)
         try:
             async with db.transaction() as conn:
