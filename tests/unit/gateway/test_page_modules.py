@@ -14,7 +14,7 @@ PAGE_TESTS = Path(__file__).resolve().parent / "page"
 def test_the_pages_pure_modules_pass_their_node_tests() -> None:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: the page's module tests (tests/unit/gateway/page/*.test.mjs) need Node.js 20+")
+        pytest.skip(f"node is not installed: the page's module tests ({PAGE_TESTS}/*.test.mjs) need Node.js 20+")
     files = sorted(str(p) for p in PAGE_TESTS.glob("*.test.mjs"))
     assert files, f"no *.test.mjs under {PAGE_TESTS}"
     result = subprocess.run([node, "--test", *files], capture_output=True, text=True, timeout=120, check=False)
