@@ -384,8 +384,8 @@ async def postpone_notices(
 ) -> None:
     """A temporary failure: try again ``delay_seconds`` after ``now``."""
     await conn.execute(
-        "UPDATE pending_notices SET attempts = attempts + 1, next_attempt_at = $3 + make_interval(secs => $2) "
-        "WHERE notice_id = ANY($1::bigint[])",
+        "UPDATE pending_notices SET attempts = attempts + 1, "
+        "next_attempt_at = $3::timestamptz + make_interval(secs => $2) WHERE notice_id = ANY($1::bigint[])",
         list(notice_ids),
         delay_seconds,
         now,
