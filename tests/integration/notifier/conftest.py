@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import email
 import email.policy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from services.notifier.catalog import CatalogClient
 from services.notifier.delivery import Deliverer, DeliveryMetrics
 from services.notifier.handlers.events import dataset_subscription
 from services.notifier.handlers.http import NotifierApi
-from services.notifier.mailer import SmtpMailer
+from services.notifier.mailer import Mailer, SmtpMailer
 from services.notifier.settings import NotifierSettings
 from skyport.bus import Bus
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
@@ -38,13 +39,23 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 class Mailbox:
-    """An SMTP server's handler that keeps what it accepts; ``reply`` says what it answers instead (a 4xx, 5xx)."""
+    """An SMTP server's handler that keeps what it accepts; ``reply`` says what it answers instead (a 4xx, 5xx);
+    ``stall`` holds the answer to DATA back (the server runs in its own thread, hence the polling) until it is
+    cleared, and then takes nothing: a server that went silent."""
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.reply: str | None = None
+        self.stall = False
+        self.stalled = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.stall:
+            self.stalled += 1
+            # The flag is cleared from the test's thread and loop, which an asyncio.Event of this loop is not for.
+            while self.stall:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            return "421 4.3.2 going away"
         if self.reply is not None:
             return self.reply
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
@@ -62,6 +73,7 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
     try:
         yield box, port
     finally:
+        box.stall = False
         controller.stop()
 
 
@@ -77,7 +89,24 @@ class World:
     notifier: TestClient[Any, Any]
     deliverer: Deliverer
     mailbox: Mailbox
+    settings: NotifierSettings
+    catalog_client: CatalogClient
     tokens: dict[str, str] = field(default_factory=dict)
+
+    def new_deliverer(self, mailer: Mailer | None = None, clock: Callable[[], datetime] | None = None) -> Deliverer:
+        """Another delivery loop on the same database (a restarted notifier), with its own mailer and clock."""
+        return Deliverer(
+            self.notifier_db,
+            self.catalog_client,
+            parts(self.settings).composer,
+            mailer or SmtpMailer(self.settings),
+            poll_interval=0.1,
+            coalesce_window=self.settings.notifier_coalesce_window,
+            fast_per_hour=self.settings.notifier_fast_per_hour,
+            max_attempts=3,
+            metrics=DeliveryMetrics(CollectorRegistry()),
+            **({} if clock is None else {"clock": clock}),
+        )
 
     async def rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await self.notifier_db.pool.fetch(query, *args))
@@ -96,10 +125,12 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
     box, smtp_port = mailbox
     propid = f"N{unique}"
     async with catalog_database(DATABASE_URL, f"test_{unique}_cat") as catalog_db:
-        for name, admin in (("alice", False), ("bob", False), ("notifier", True)):
+        for name, admin in (("alice", False), ("bob", False), ("carol", True), ("notifier", True)):
             await catalog_cli.add_user(catalog_db, name, email=f"{name}@example.org", admin=admin)
         await catalog_cli.add_program(catalog_db, "KECK", propid, title="Hot Jupiters", pi="alice")
-        tokens = {name: await catalog_cli.issue_token(catalog_db, name) for name in ("alice", "bob", "notifier")}
+        tokens = {
+            name: await catalog_cli.issue_token(catalog_db, name) for name in ("alice", "bob", "carol", "notifier")
+        }
         async with serve_catalog_api(catalog_db, tmp_path / "archive") as api, notifier_database(unique) as ndb:
             catalog = CatalogInProcess(catalog_db, bus, unique)
             await catalog.start()
@@ -124,8 +155,8 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
                     made.composer,
                     SmtpMailer(settings),
                     poll_interval=0.1,
-                    coalesce_window=2.0,
-                    fast_per_hour=6,
+                    coalesce_window=settings.notifier_coalesce_window,
+                    fast_per_hour=settings.notifier_fast_per_hour,
                     max_attempts=3,
                     metrics=DeliveryMetrics(CollectorRegistry()),
                 )
@@ -143,7 +174,7 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
                 server = TestClient(TestServer(NotifierApi(ndb, client, made.signer, made.levels).app()))
                 await server.start_server()
                 try:
-                    yield World(unique, propid, catalog, api, ndb, server, deliverer, box, tokens)
+                    yield World(unique, propid, catalog, api, ndb, server, deliverer, box, settings, client, tokens)
                 finally:
                     await server.close()
                     loop.cancel()
