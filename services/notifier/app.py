@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.notifier.catalog import CatalogClient
+from services.notifier.catalog_client import CatalogClient
 from services.notifier.delivery import Deliverer, DeliveryMetrics
 from services.notifier.handlers.events import dataset_subscription
 from services.notifier.handlers.http import NotifierApi

@@ -24,7 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from services.notifier import storage
-from services.notifier.catalog import CatalogClient, CatalogUnavailable, Seen, Titles
+from services.notifier.catalog_client import CatalogClient, CatalogUnavailable, Seen, Titles
 from services.notifier.mail import Composer, NoticeItem
 from services.notifier.mailer import Mailer
 from skyport.db import Database

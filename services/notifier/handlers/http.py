@@ -13,7 +13,7 @@ import shlex
 from aiohttp import web
 
 from services.notifier import storage, subscriptions
-from services.notifier.catalog import CatalogClient, CatalogUnavailable
+from services.notifier.catalog_client import CatalogClient, CatalogUnavailable
 from services.notifier.levels import LevelOrder
 from services.notifier.models import SubscriptionList, SubscriptionRequest
 from services.notifier.signing import Signer

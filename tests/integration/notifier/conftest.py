@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from services.catalog import cli as catalog_cli
 from services.notifier.app import parts
 from services.notifier.app import service as notifier_service
-from services.notifier.catalog import CatalogClient
+from services.notifier.catalog_client import CatalogClient
 from services.notifier.delivery import Deliverer, DeliveryMetrics
 from services.notifier.handlers.events import dataset_subscription
 from services.notifier.handlers.http import NotifierApi
