@@ -12,6 +12,10 @@ import aiohttp
 from skyport.api.errors import ErrorCode, error_code
 from skyport.transfer import Manifest, TransferState, TransferStatus
 
+# Files up to this size are read into memory in one piece before they are sent; larger ones are streamed, so that
+# memory stays bounded (upload_concurrency files of this size at most).
+_READ_WHOLE = 4 * 1024 * 1024
+
 
 class TransientUploadError(Exception):
     """Try again later: the archive is down, busy, or the network failed."""
@@ -36,13 +40,15 @@ class ArchiveClient:
         status = await self._call("POST", "/v1/transfers", json=manifest.model_dump(mode="json"))
         if status.state is not TransferState.CREATED or manifest.shared_path is not None:
             return status
-        with await asyncio.to_thread(path.open, "rb") as content:
-            return await self._call(
-                "PUT",
-                f"/v1/transfers/{status.transfer_id}/content",
-                data=content,
-                headers={"Content-Type": "application/fits", "Content-Length": str(manifest.size_bytes)},
-            )
+        url = f"/v1/transfers/{status.transfer_id}/content"
+        headers = {"Content-Type": "application/fits", "Content-Length": str(manifest.size_bytes)}
+        if manifest.size_bytes <= _READ_WHOLE:
+            # One thread hop for the whole file: a file object costs one per 256 KiB piece, and each hop waits for
+            # the interpreter lock that DEP's thread holds during a burst.
+            content = await asyncio.to_thread(path.read_bytes)
+            return await self._call("PUT", url, data=content, headers=headers)
+        with await asyncio.to_thread(path.open, "rb") as stream:
+            return await self._call("PUT", url, data=stream, headers=headers)
 
     async def status(self, transfer_id: str) -> TransferStatus:
         return await self._call("GET", f"/v1/transfers/{transfer_id}")

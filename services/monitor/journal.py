@@ -15,9 +15,10 @@ state, counts an attempt and sets when to try again.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -84,6 +85,17 @@ CREATE INDEX IF NOT EXISTS signals_path ON signals (path, id);
 """
 
 
+# _SYNC_NOTE: why the monitor's own connection may commit without an fsync (synchronous=NORMAL in WAL mode).
+# A commit still reaches the operating system before the call returns, so a crash of the monitor loses nothing;
+# only a power cut or a kernel crash can roll back the last commits, and each one the monitor makes is one the
+# journal finds again by itself: the start-up scan looks again at every file not journaled as it is now (a lost
+# `detected`, `waiting` or `ignored` row is written again), a lost `evaluated` is evaluated again, a lost
+# `uploaded` is sent again (the receiver finds the transfer it already has for the same manifest) and a lost
+# `ingested` is asked about again. Nothing is ever deleted or sent on the strength of a row alone. An fsync per
+# commit (four per file) cost more than the rest of the monitor's bookkeeping. The commands (`skyport monitor
+# closed`, `retry`) keep synchronous=FULL: the instrument's "closed" signal is a promise made to someone else.
+
+
 class JournalMissing(FileNotFoundError):
     """The journal file does not exist (and was not to be created): the message names the path and the setting."""
 
@@ -116,24 +128,27 @@ def _entry(row: sqlite3.Row) -> JournalEntry:
 
 
 class Journal:
-    """One SQLite connection; every change is committed (durable) before the caller goes on."""
+    """One SQLite connection; every change is committed before the caller goes on."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
     @classmethod
-    async def open(cls, path: Path, *, create: bool = True) -> Journal:
-        """Open (and by default create) the journal; ``create=False`` raises :class:`JournalMissing` instead."""
+    async def open(cls, path: Path, *, create: bool = True, sync_every_commit: bool = True) -> Journal:
+        """Open (and by default create) the journal; ``create=False`` raises :class:`JournalMissing` instead.
+
+        ``sync_every_commit=False`` (the monitor's own connection) leaves the fsync to WAL checkpoints: see
+        :data:`_SYNC_NOTE`.
+        """
         if not create and not await asyncio.to_thread(path.is_file):
             where = await asyncio.to_thread(path.resolve)
             raise JournalMissing(f"no monitor journal at {where} (set SKYPORT_JOURNAL_PATH to the monitor's journal)")
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, timeout=10)
         db.row_factory = sqlite3.Row
-        # WAL with synchronous=FULL: a committed record survives a power cut, and readers (the status
-        # command) never block the monitor.
+        # WAL: readers (the status command) never block the monitor. See _SYNC_NOTE for synchronous.
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA synchronous=FULL" if sync_every_commit else "PRAGMA synchronous=NORMAL")
         await db.executescript(_SCHEMA)
         await _upgrade(db)
         await db.commit()
@@ -148,10 +163,22 @@ class Journal:
         ``replaces`` (JSON, :attr:`Manifest.replaces`): what was sent before for it, for the archive to replace. A
         file not sent yet keeps what it was to replace, whatever happened to it since.
         """
+        return bool(await self.record_many([(path, size, mtime_ns, replaces)]))
+
+    async def record_many(self, files: Sequence[tuple[str, int, int, str | None]]) -> set[str]:
+        """:meth:`record` for many files (path, size, mtime_ns, replaces) in one statement and one commit.
+
+        Returns the paths recorded afresh. A burst of files closed at once costs one transaction, not one each.
+        """
+        if not files:
+            return set()
         now = time.time()
+        rows = json.dumps([[path, size, mtime_ns, replaces] for path, size, mtime_ns, replaces in files])
+        # "WHERE true" keeps SQLite from reading the upsert's ON as a join condition (INSERT ... SELECT).
         cursor = await self.db.execute(
             "INSERT INTO files (path, size, mtime_ns, written_at, state, detected_at, updated_at, replaces) "
-            "VALUES (?, ?, ?, ?, 'detected', ?, ?, ?) "
+            "SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 2) / 1e9, 'detected', ?1, ?1, value ->> 3 "
+            "FROM json_each(?2) WHERE true "
             "ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
             "written_at = excluded.written_at, state = 'detected', archive_id = NULL, manifest = NULL, "
             "transfer_id = NULL, reason = NULL, attempts = 0, next_attempt_at = 0, "
@@ -159,11 +186,14 @@ class Journal:
             "updated_at = excluded.updated_at, replaces = coalesce(excluded.replaces, "
             "CASE WHEN files.state NOT IN ('uploaded', 'ingested') THEN files.replaces END) "
             "WHERE files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns "
-            "OR files.state IN ('waiting', 'ignored')",
-            (path, size, mtime_ns, mtime_ns / 1e9, now, now, replaces),
+            "OR files.state IN ('waiting', 'ignored') "
+            "RETURNING path",
+            (now, rows),
         )
+        recorded = {str(row[0]) for row in await cursor.fetchall()}
+        await cursor.close()
         await self.db.commit()
-        return cursor.rowcount > 0
+        return recorded
 
     async def note(self, path: str, size: int, mtime_ns: int, state: FileState, reason: str) -> bool:
         """Note a file seen but not taken (``waiting`` or ``ignored``) with the reason.
@@ -249,21 +279,40 @@ class Journal:
             row = await cursor.fetchone()
         return None if row is None else _entry(row)
 
-    async def due(self, states: Iterable[FileState], now: float, limit: int = 100) -> list[JournalEntry]:
+    async def get_many(self, paths: Collection[str]) -> dict[str, JournalEntry]:
+        """The entries of those of ``paths`` that are journaled, in one query."""
+        if not paths:
+            return {}
+        async with self.db.execute(
+            "SELECT * FROM files WHERE path IN (SELECT value FROM json_each(?))", (json.dumps(list(paths)),)
+        ) as cursor:
+            return {row["path"]: _entry(row) for row in await cursor.fetchall()}
+
+    async def due(
+        self, states: Iterable[FileState], now: float, limit: int = 100, *, exclude: Collection[str] = ()
+    ) -> list[JournalEntry]:
+        """Files in ``states`` whose next attempt is due, oldest first, leaving out the paths in ``exclude``.
+
+        The monitor excludes the files it is already working on: a burst of hundreds is read once, not again
+        every time one of them is done.
+        """
         wanted = [s.value for s in states]
         marks = ",".join("?" * len(wanted))
         async with self.db.execute(
             f"SELECT * FROM files WHERE state IN ({marks}) AND next_attempt_at <= ? "
-            "ORDER BY next_attempt_at, detected_at LIMIT ?",
-            (*wanted, now, limit),
+            "AND path NOT IN (SELECT value FROM json_each(?)) ORDER BY next_attempt_at, detected_at LIMIT ?",
+            (*wanted, now, json.dumps(list(exclude)), limit),
         ) as cursor:
             return [_entry(row) for row in await cursor.fetchall()]
 
-    async def next_due_at(self, states: Iterable[FileState]) -> float | None:
+    async def next_due_at(self, states: Iterable[FileState], *, exclude: Collection[str] = ()) -> float | None:
+        """When the next file in ``states`` (leaving out the paths in ``exclude``) is due."""
         wanted = [s.value for s in states]
         marks = ",".join("?" * len(wanted))
         async with self.db.execute(
-            f"SELECT min(next_attempt_at) FROM files WHERE state IN ({marks})", wanted
+            f"SELECT min(next_attempt_at) FROM files WHERE state IN ({marks}) "
+            "AND path NOT IN (SELECT value FROM json_each(?))",
+            (*wanted, json.dumps(list(exclude))),
         ) as cursor:
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])

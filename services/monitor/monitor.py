@@ -7,8 +7,9 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import structlog
@@ -38,6 +39,11 @@ _NOTE_WAIT_AFTER = 10.0
 # How many earlier contents of one file a manifest names for the archive to replace (Manifest.replaces).
 _REPLACES_KEPT = 16
 _REPLACES = TypeAdapter(list[ReplacedContent])
+# Files looked at in one thread hop and journaled in one transaction, at most: enough to make a burst cheap, few
+# enough that the first files of a burst go to DEP while the rest are looked at.
+_LOOK_BATCH = 32
+# What the scheduler hands out: files to evaluate, files to upload.
+_WORK_STATES = (FileState.DETECTED, FileState.EVALUATED)
 # Unexpected errors evaluating one file: retried with back-off this many times, then the file is marked invalid.
 _UNEXPECTED_ATTEMPTS = 5
 
@@ -45,6 +51,16 @@ _UNEXPECTED_ATTEMPTS = 5
 # asyncio.wait_for can swallow a cancellation that arrives as its inner wait completes (CPython gh-86296, fixed in
 # 3.12); the loops wait on events set all the time, and a loop that lost its cancellation held the stop for ever.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class _Mark(Enum):
+    FOLDER = "folder"
+    GONE = "gone"
+
+
+_FOLDER, _GONE = _Mark.FOLDER, _Mark.GONE
+# What one look at a path found: a folder, nothing, an instrument's file, another file (its stat), or an error.
+_Outcome = _Mark | Look | os.stat_result | Exception
 
 
 class MonitorMetrics:
@@ -180,48 +196,100 @@ class Monitor:
                 self._last_signal = signal_id
                 self._pend(relative)
             now = time.monotonic()
-            for relative, seen in list(self._pending.items()):
-                if seen.next_look <= now:
-                    await self.consider(relative)
+            due = [relative for relative, seen in self._pending.items() if seen.next_look <= now]
+            for first in range(0, len(due), _LOOK_BATCH):
+                await self.consider_many(due[first : first + _LOOK_BATCH])
             wait = _LOOK_INTERVAL if self._pending else 0.5  # signals are read from the journal twice a second
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._look_wake.wait(), wait)
 
     async def consider(self, relative: str) -> None:
-        """Decide about one file; whatever goes wrong becomes that file's recorded problem, never the loop's."""
-        try:
-            await self._consider(relative)
-        except Exception as exc:
-            self._pending.pop(relative, None)  # looked at again by the next rescan, which re-reads waiting files
-            reason = f"could not be looked at: {exc!r}"
-            log.exception("file could not be looked at", path=relative)
-            with contextlib.suppress(Exception):
-                stat = await asyncio.to_thread(os.stat, self.root / relative)
-                await self.journal.note(relative, stat.st_size, stat.st_mtime_ns, FileState.WAITING, reason)
+        """Decide about one file (see :meth:`consider_many`)."""
+        await self.consider_many([relative])
 
-    async def _consider(self, relative: str) -> None:
+    async def consider_many(self, relatives: Sequence[str]) -> None:
+        """Decide about files; whatever goes wrong with one becomes that file's recorded problem, never the loop's.
+
+        The files are looked at in one thread hop and the ones taken are journaled in one transaction: a burst of
+        files closed at once is detected in a few hops, not several hops and a commit each (each hop waits for
+        the interpreter lock, which DEP's thread holds most of the time during a burst).
+        """
+        wanted = [r for r in relatives if r in self._pending]
+        if not wanted:
+            return
+        looked = await asyncio.to_thread(self._look_all, wanted)
+        taken: list[tuple[str, Look, str | None, bool]] = []
+        for relative, outcome in zip(wanted, looked, strict=True):
+            try:
+                decided = await self._consider(relative, outcome)
+            except Exception as exc:
+                await self._could_not_look(relative, exc)
+            else:
+                if decided is not None:
+                    taken.append(decided)
+        if taken:
+            try:
+                await self._record_all(taken)
+            except Exception as exc:
+                for relative, *_ in taken:
+                    await self._could_not_look(relative, exc)
+
+    async def _could_not_look(self, relative: str, exc: Exception) -> None:
+        self._pending.pop(relative, None)  # looked at again by the next rescan, which re-reads waiting files
+        reason = f"could not be looked at: {exc!r}"
+        log.error("file could not be looked at", path=relative, error=repr(exc), exc_info=exc)
+        with contextlib.suppress(Exception):
+            stat = await asyncio.to_thread(os.stat, self.root / relative)
+            await self.journal.note(relative, stat.st_size, stat.st_mtime_ns, FileState.WAITING, reason)
+
+    def _look_all(self, relatives: Sequence[str]) -> list[_Outcome]:
+        """Look at each file (blocking: run it in a thread): a folder, gone, a look, a stat, or the error."""
+        outcomes: list[_Outcome] = []
+        for relative in relatives:
+            path = self.root / relative
+            try:
+                if path.is_dir():
+                    outcomes.append(_FOLDER)
+                    continue
+                match = self.instruments.match(relative)
+                if match is None:
+                    outcomes.append(os.stat(path))
+                    continue
+                rule = match.instrument.completion
+                outcomes.append(look_at(path, rule.marker_suffix if rule.rule == "marker" else None))
+            except (FileNotFoundError, NotADirectoryError):
+                outcomes.append(_GONE)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _consider(self, relative: str, outcome: _Outcome) -> tuple[str, Look, str | None, bool] | None:
+        """Decide about one file from a look at it: what to record when it is taken, else None."""
         seen = self._pending.get(relative)
         if seen is None:
-            return
+            return None
+        if isinstance(outcome, Exception):
+            raise outcome
         path = self.root / relative
-        if await asyncio.to_thread(path.is_dir):
+        if outcome is _FOLDER:
             # A new folder: inotify may have missed the files written into it before it was watched.
             self._pending.pop(relative, None)
             if relative not in self._folders_scanned:
                 self._folders_scanned.add(relative)
                 await self.rescan(path)
-            return
+            return None
+        if outcome is _GONE:
+            self._pending.pop(relative, None)
+            return None
+        if isinstance(outcome, os.stat_result):
+            self._pending.pop(relative, None)
+            await self._not_an_instruments_file(relative, outcome)
+            return None
+        assert isinstance(outcome, Look)
+        look = outcome
         match = self.instruments.match(relative)
-        if match is None:
-            self._pending.pop(relative, None)
-            await self._not_an_instruments_file(relative, path)
-            return
+        assert match is not None
         rule = match.instrument.completion
-        try:
-            look = await asyncio.to_thread(look_at, path, rule.marker_suffix if rule.rule == "marker" else None)
-        except (FileNotFoundError, NotADirectoryError):
-            self._pending.pop(relative, None)
-            return
         now = time.monotonic()
         if look.stamp != seen.stamp:
             seen.stamp, seen.since = look.stamp, now
@@ -231,12 +299,11 @@ class Monitor:
         )
         if decision.take:
             self._pending.pop(relative, None)
-            await self._record(relative, look, decision.reason, explicit=rule.rule in _EXPLICIT_RULES)
-            return
+            return (relative, look, decision.reason, rule.rule in _EXPLICIT_RULES)
         if now - seen.first < _NOTE_WAIT_AFTER:
             # An ordinary wait (a write in progress, a marker about to come): not worth a line in the journal yet.
             seen.next_look = now + _LOOK_INTERVAL if decision.look_again else seen.first + _NOTE_WAIT_AFTER
-            return
+            return None
         if not decision.look_again:
             self._pending.pop(relative, None)  # its change, its marker, its signal or the rescan brings it back
         assert decision.reason is not None
@@ -244,6 +311,7 @@ class Monitor:
             seen.noted = decision.reason
             if await self.journal.note(relative, look.size, look.mtime_ns, FileState.WAITING, decision.reason):
                 log.info("file waiting", path=relative, reason=decision.reason, rule=rule.rule)
+        return None
 
     async def _changed_after_sent(
         self, relative: str, look: Look, before: JournalEntry, *, explicit: bool
@@ -275,7 +343,7 @@ class Monitor:
         log.warning("file changed after it was sent", path=relative, reason=reason)
         return replaces
 
-    async def _not_an_instruments_file(self, relative: str, path: Path) -> None:
+    async def _not_an_instruments_file(self, relative: str, stat: os.stat_result) -> None:
         data_file = self.naming.data_file_of_marker(relative)
         if data_file is not None:
             self._pend(data_file)  # its marker arrived
@@ -285,30 +353,36 @@ class Monitor:
         reason = self.naming.why_not_taken(relative)
         if reason is None:
             return  # outside every instrument's folder: not Skyport's business
-        try:
-            stat = await asyncio.to_thread(path.stat)
-        except FileNotFoundError:
-            return
         if await self.journal.note(relative, stat.st_size, stat.st_mtime_ns, FileState.IGNORED, reason):
             log.warning("file ignored", path=relative, reason=reason)
 
-    async def _record(self, relative: str, look: Look, warning: str | None, *, explicit: bool) -> None:
-        before = await self.journal.get(relative)
-        if before is not None and before.state not in NOTED and (before.size, before.mtime_ns) == look.stamp:
-            return  # journaled as it is
-        replaces: list[ReplacedContent] = []
-        if before is not None and before.state in SENT:
-            changed = await self._changed_after_sent(relative, look, before, explicit=explicit)
-            if changed is None:
-                return
-            replaces = changed
-        if warning:
-            log.warning("file never looked complete, evaluating it anyway", path=relative, reason=warning)
-        replaced = _REPLACES.dump_json(replaces).decode() if replaces else None
-        if await self.journal.record(relative, look.size, look.mtime_ns, replaces=replaced):
-            written_at = look.mtime_ns / 1e9
-            self.metrics.stage_seconds.labels("detect").observe(max(0.0, time.time() - written_at))
-            log.info("file detected", path=relative, bytes=look.size)
+    async def _record_all(self, taken: Sequence[tuple[str, Look, str | None, bool]]) -> None:
+        """Journal the files taken (path, look, warning, explicit rule) in one transaction, and wake the work."""
+        befores = await self.journal.get_many([relative for relative, *_ in taken])
+        records: list[tuple[str, int, int, str | None]] = []
+        looks: dict[str, Look] = {}
+        for relative, look, warning, explicit in taken:
+            before = befores.get(relative)
+            if before is not None and before.state not in NOTED and (before.size, before.mtime_ns) == look.stamp:
+                continue  # journaled as it is
+            replaces: list[ReplacedContent] = []
+            if before is not None and before.state in SENT:
+                changed = await self._changed_after_sent(relative, look, before, explicit=explicit)
+                if changed is None:
+                    continue
+                replaces = changed
+            if warning:
+                log.warning("file never looked complete, evaluating it anyway", path=relative, reason=warning)
+            replaced = _REPLACES.dump_json(replaces).decode() if replaces else None
+            records.append((relative, look.size, look.mtime_ns, replaced))
+            looks[relative] = look
+        recorded = await self.journal.record_many(records)
+        now = time.time()
+        for relative, look in looks.items():
+            if relative in recorded:
+                self.metrics.stage_seconds.labels("detect").observe(max(0.0, now - look.mtime_ns / 1e9))
+                log.info("file detected", path=relative, bytes=look.size)
+        if recorded:
             self._wake.set()
 
     # --- doing the work -----------------------------------------------------------------------------
@@ -317,12 +391,14 @@ class Monitor:
         while not self._stopping.is_set():  # see _LOST_CANCELLATION
             self._wake.clear()
             now = time.time()
-            for entry in await self.journal.due((FileState.DETECTED, FileState.EVALUATED), now, limit=500):
+            # The files under way are left out: else every file done would read the whole burst again, and the
+            # earliest of them (due since they were found) would bring the loop back at once, every 10 ms.
+            for entry in await self.journal.due(_WORK_STATES, now, limit=500, exclude=self._active):
                 if entry.path not in self._active:
                     self._active.add(entry.path)
                     work = self._evaluate(entry) if entry.state is FileState.DETECTED else self._upload(entry)
                     self._spawn(work, entry)
-            next_due = await self.journal.next_due_at((FileState.DETECTED, FileState.EVALUATED))
+            next_due = await self.journal.next_due_at(_WORK_STATES, exclude=self._active)
             wait = 1.0 if next_due is None else min(1.0, max(0.01, next_due - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
