@@ -174,8 +174,10 @@ class Journal:
             return set()
         now = time.time()
         rows = json.dumps([[path, size, mtime_ns, replaces] for path, size, mtime_ns, replaces in files])
-        # "WHERE true" keeps SQLite from reading the upsert's ON as a join condition (INSERT ... SELECT).
-        cursor = await self.db.execute(
+        # "WHERE true" keeps SQLite from reading the upsert's ON as a join condition (INSERT ... SELECT). Executed
+        # and read to the end in one call: a RETURNING statement still in progress would make the commit of any
+        # other coroutine on this connection fail ("SQL statements in progress").
+        rows_returned = await self.db.execute_fetchall(
             "INSERT INTO files (path, size, mtime_ns, written_at, state, detected_at, updated_at, replaces) "
             "SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 2) / 1e9, 'detected', ?1, ?1, value ->> 3 "
             "FROM json_each(?2) WHERE true "
@@ -190,10 +192,8 @@ class Journal:
             "RETURNING path",
             (now, rows),
         )
-        recorded = {str(row[0]) for row in await cursor.fetchall()}
-        await cursor.close()
         await self.db.commit()
-        return recorded
+        return {str(row[0]) for row in rows_returned}
 
     async def note(self, path: str, size: int, mtime_ns: int, state: FileState, reason: str) -> bool:
         """Note a file seen but not taken (``waiting`` or ``ignored``) with the reason.

@@ -39,9 +39,10 @@ _NOTE_WAIT_AFTER = 10.0
 # How many earlier contents of one file a manifest names for the archive to replace (Manifest.replaces).
 _REPLACES_KEPT = 16
 _REPLACES = TypeAdapter(list[ReplacedContent])
-# Files looked at in one thread hop and journaled in one transaction, at most: enough to make a burst cheap, few
-# enough that the first files of a burst go to DEP while the rest are looked at.
-_LOOK_BATCH = 32
+# Files looked at in one thread hop and journaled in one transaction, at most. Smaller batches hand the first files
+# of a burst to DEP sooner, but then every later batch's hops wait for the interpreter lock that DEP's threads hold:
+# with 32, 300 files closed at once were detected in a median of 0.7-1.5 s, with 256 in 0.3 s, for the same total.
+_LOOK_BATCH = 256
 # What the scheduler hands out: files to evaluate, files to upload.
 _WORK_STATES = (FileState.DETECTED, FileState.EVALUATED)
 # Unexpected errors evaluating one file: retried with back-off this many times, then the file is marked invalid.

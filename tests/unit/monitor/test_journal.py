@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -76,3 +77,22 @@ async def test_the_commands_connection_syncs_every_commit(tmp_path: Path) -> Non
         await monitor.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT path FROM signals").fetchall() == [("raw/a.fits",)]
+
+
+async def test_a_burst_recorded_while_other_files_move_on_breaks_neither(journal: Journal) -> None:
+    await journal.record_many([(f"raw/old{n}.fits", 1, n, None) for n in range(20)])
+    moving = await journal.due((FileState.DETECTED,), now=1e12, limit=100)
+
+    # One connection for every coroutine: the burst's statement must be over before anyone else commits.
+    await asyncio.gather(
+        *(
+            step
+            for n, entry in enumerate(moving)
+            for step in (
+                journal.evaluated(entry, f"ARCHIVE-{n}", "{}"),
+                journal.record_many([(f"raw/new{n}-{m}.fits", 1, m, None) for m in range(10)]),
+            )
+        )
+    )
+
+    assert await journal.counts() == {FileState.DETECTED: 200, FileState.EVALUATED: 20}
