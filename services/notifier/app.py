@@ -19,6 +19,7 @@ from services.notifier.mailer import Mailer, SmtpMailer
 from services.notifier.matching import Matcher
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import Signer
+from services.notifier.webhooks import WebhookSender
 from skyport.instruments import load_instruments
 from skyport.runtime import ServiceContext, ServiceSpec
 
@@ -40,7 +41,11 @@ def parts(settings: NotifierSettings) -> Parts:
 
 
 def deliverer(
-    ctx: ServiceContext[NotifierSettings], catalog: CatalogClient, composer: Composer, mailer: Mailer
+    ctx: ServiceContext[NotifierSettings],
+    catalog: CatalogClient,
+    composer: Composer,
+    mailer: Mailer,
+    webhooks: WebhookSender | None = None,
 ) -> Deliverer:
     s = ctx.settings
     return Deliverer(
@@ -53,6 +58,7 @@ def deliverer(
         fast_per_hour=s.notifier_fast_per_hour,
         max_attempts=s.notifier_max_attempts,
         metrics=DeliveryMetrics(ctx.metrics.registry),
+        webhooks=webhooks,
     )
 
 
@@ -64,16 +70,25 @@ async def lifespan(ctx: ServiceContext[NotifierSettings]) -> AsyncIterator[None]
         catalog = CatalogClient(
             session, settings.notifier_catalog_url, settings.notifier_catalog_token.get_secret_value()
         )
-        sender = deliverer(ctx, catalog, made.composer, SmtpMailer(settings))
-        await ctx.subscribe(dataset_subscription(ctx.database, made.matcher, settings, sender.wake))
-        ctx.supervise("delivery", sender.run)
-        try:
-            api = NotifierApi(ctx.database, catalog, made.signer, made.levels)
-            async with ctx.serve_http(api.app(), settings.notifier_host, settings.notifier_port, api="notifier"):
-                yield
-        finally:
-            # Before the catalog's session closes under it: a round cut short rolls back, its notices wait.
-            await ctx.supervisor.stop(["delivery"])
+        # The receivers' session is not the catalog's: their own timeout, and no cookies kept between receivers.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as hooks:
+            webhooks = WebhookSender(hooks, timeout=settings.notifier_webhook_timeout)
+            sender = deliverer(ctx, catalog, made.composer, SmtpMailer(settings), webhooks)
+            await ctx.subscribe(dataset_subscription(ctx.database, made.matcher, settings, sender.wake))
+            ctx.supervise("delivery", sender.run)
+            try:
+                api = NotifierApi(
+                    ctx.database,
+                    catalog,
+                    made.signer,
+                    made.levels,
+                    allow_http_webhooks=settings.notifier_webhook_allow_http,
+                )
+                async with ctx.serve_http(api.app(), settings.notifier_host, settings.notifier_port, api="notifier"):
+                    yield
+            finally:
+                # Before the sessions close under it: a round cut short rolls back, its notices wait.
+                await ctx.supervisor.stop(["delivery"])
 
 
 service = ServiceSpec(

@@ -11,15 +11,22 @@ least once: a kill in the instant between the server's 250 and the commit sends 
 copy carries the same Message-ID (made from the first notice claimed and its resend count, the same in the
 retried round), so mail systems and people can recognise it as the same message. Anything else (a kill before
 the 250, a temporary failure, a crash after the commit) sends each email exactly once.
+
+A webhook subscription's notices go the same way, to its receiver (``webhooks.py``): the same claim, the same
+question to the catalog, the same ledger (each attempt with its HTTP status), and the same window: a kill between
+the receiver's 2xx and the commit posts the body again, with the same ``Idempotency-Key`` (the delivery's key),
+so the receiver can drop the copy and then has each notice exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
@@ -27,6 +34,7 @@ from services.notifier import storage
 from services.notifier.catalog_client import CatalogClient, CatalogUnavailable, Seen, Titles
 from services.notifier.mail import Composer, NoticeItem
 from services.notifier.mailer import Mailer
+from services.notifier.webhooks import HookResult, WebhookSender
 from skyport.db import Database
 
 log = structlog.get_logger("skyport.notifier")
@@ -39,6 +47,12 @@ class DeliveryMetrics:
         self.emails = Counter(
             "skyport_notifier_emails_total",
             "Emails handled, by outcome (sent, withheld, temporary, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhooks = Counter(
+            "skyport_notifier_webhooks_total",
+            "Webhook deliveries handled, by outcome (sent, withheld, temporary, failed).",
             ["outcome"],
             registry=registry,
         )
@@ -68,6 +82,7 @@ class Deliverer:
         max_attempts: int,
         metrics: DeliveryMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.db = db
         self.catalog = catalog
@@ -81,6 +96,9 @@ class Deliverer:
         self.clock = clock
         """What time it is for the loop: when notices are due, windows and back-off (tests move it on)."""
         self.wake = asyncio.Event()
+        self.webhooks = webhooks
+        # A loop without a webhook sender (a test's, an email-only tool) leaves webhook notices to one that has one.
+        self.channels = ("email",) if webhooks is None else ("email", "webhook")
 
     async def run(self) -> None:
         """The supervised loop: send what is due; then wait for a fast notice (``wake``) or the poll interval."""
@@ -93,7 +111,7 @@ class Deliverer:
     async def deliver_due(self) -> int:
         """One round over every group with something due; returns how many emails were decided."""
         async with self.db.pool.acquire() as conn:
-            groups = await storage.due_groups(conn, self.clock())
+            groups = await storage.due_groups(conn, self.clock(), channels=self.channels)
         decided = 0
         for group in groups:
             try:
@@ -128,9 +146,11 @@ class Deliverer:
                     conn, group, subscription_ids, key, "withheld", "nothing the subscriber may see now", None, now
                 )
                 await storage.close_notices(conn, withheld, "withheld", delivery_id)
-                self.metrics.emails.labels("withheld").inc()
+                (self.metrics.emails if group.channel == "email" else self.metrics.webhooks).labels("withheld").inc()
                 log.info("notices withheld", username=group.username, notices=len(withheld), key=key)
                 return "withheld"
+            if group.channel == "webhook":
+                return await self._post(conn, group, notices, items, withheld, key, now)
             message, content = self.composer.compose(group.kind, group.email, key, items)
             result = await self.mailer.send(message)
             sent_ids = [item_id for item_id in (n.notice_id for n in notices) if item_id not in set(withheld)]
@@ -193,6 +213,85 @@ class Deliverer:
                 retry_in=retry_delay(attempts),
             )
             return "temporary"
+
+    async def _post(
+        self,
+        conn: asyncpg.Connection,
+        group: storage.DueGroup,
+        notices: Sequence[storage.ClaimedNotice],
+        items: Sequence[NoticeItem],
+        withheld: Sequence[int],
+        key: str,
+        now: datetime,
+    ) -> str:
+        """A webhook subscription's notices, POSTed in the claiming transaction and recorded with the answer."""
+        # due_groups gave this loop only the channels it has a sender for, and a webhook group is one subscription's
+        assert self.webhooks is not None
+        assert group.subscription_id is not None
+        subscription = notices[0].subscription
+        secret = notices[0].webhook_secret
+        # the table's check: a webhook subscription has both
+        assert subscription.webhook_url is not None
+        assert secret is not None
+        ids = [group.subscription_id]
+        content = {"delivery": key, "subscription_id": group.subscription_id, **self.composer.attachment(items)}
+        body = json.dumps(content, separators=(",", ":")).encode()
+        result = await self.webhooks.post(subscription.webhook_url, secret, key, body)
+        sent_ids = [n.notice_id for n in notices if n.notice_id not in set(withheld)]
+        if result.outcome == "accepted":
+            delivery_id = await storage.record_delivery(conn, group, ids, key, "sent", None, content, now)
+            await self._attempt(conn, delivery_id, ids, result)
+            await storage.close_notices(conn, sent_ids, "sent", delivery_id)
+            if withheld:
+                await storage.close_notices(conn, withheld, "withheld", delivery_id)
+            if group.kind == "fast":
+                await storage.after_fast_send(
+                    conn, group.subscription_id, group.username, self.coalesce_window, self.fast_per_hour, now
+                )
+            self.metrics.webhooks.labels("sent").inc()
+            log.info("webhook sent", subscription_id=group.subscription_id, notices=len(sent_ids), key=key)
+            return "sent"
+        attempts = max(n.attempts for n in notices) + 1
+        if result.outcome != "temporary" or attempts >= self.max_attempts:
+            if result.outcome == "permanent":
+                reason = f"the webhook receiver is gone ({result.response}): channel stopped"
+            elif result.outcome == "rejected":
+                reason = f"the webhook receiver refused the notice: {result.response}"
+            else:
+                reason = f"gave up after {attempts} attempts: {result.response}"
+            delivery_id = await storage.record_delivery(conn, group, ids, key, "failed", reason, content, now)
+            await self._attempt(conn, delivery_id, ids, result)
+            await storage.close_notices(conn, [n.notice_id for n in notices], "failed", delivery_id)
+            if result.outcome == "permanent":
+                await storage.stop_channel(conn, ids, reason)
+            self.metrics.webhooks.labels("failed").inc()
+            log.error(
+                "webhook failed; channel stopped" if result.outcome == "permanent" else "webhook failed",
+                subscription_id=group.subscription_id,
+                reason=reason,
+            )
+            return "failed"
+        # The receiver's Retry-After when it gave one (never beyond our longest wait), else our back-off.
+        delay = retry_delay(attempts) if result.retry_after is None else min(MAX_RETRY_DELAY, result.retry_after)
+        await self._attempt(conn, None, ids, result)
+        await storage.postpone_notices(conn, [n.notice_id for n in notices], delay, now)
+        self.metrics.webhooks.labels("temporary").inc()
+        log.warning(
+            "webhook not taken; will try again",
+            subscription_id=group.subscription_id,
+            attempts=attempts,
+            response=result.response,
+            retry_in=delay,
+        )
+        return "temporary"
+
+    @staticmethod
+    async def _attempt(
+        conn: asyncpg.Connection, delivery_id: int | None, ids: Sequence[int], result: HookResult
+    ) -> None:
+        await storage.record_attempt(
+            conn, delivery_id, ids, result.outcome, result.status, result.response, channel="webhook"
+        )
 
     async def _seen(self, username: str, notices: Sequence[storage.ClaimedNotice]) -> Seen:
         """One question to the catalog for the whole email: which of its files (and, for notices that list no

@@ -131,6 +131,11 @@ class Composer:
         """The same notices claimed again after a crash go out under the same id: a duplicate is recognisable."""
         return f"<{message_key}@{self.domain}>"
 
+    @staticmethod
+    def attachment(items: Sequence[NoticeItem]) -> dict[str, Any]:
+        """The notices as a script reads them: the email's JSON attachment, and a webhook's body."""
+        return {"notices": [item.as_json() for item in items]}
+
     def compose(
         self, kind: str, email: str, message_key: str, items: Sequence[NoticeItem], *, now: datetime | None = None
     ) -> tuple[EmailMessage, dict[str, Any]]:
@@ -150,7 +155,7 @@ class Composer:
                 for i, s in sorted(subscriptions.items())
             ],
         }
-        content = {"notices": [item.as_json() for item in items]}
+        content = self.attachment(items)
         message = EmailMessage()
         message["From"] = self.mail_from
         message["To"] = email

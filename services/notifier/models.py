@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Trigger = Literal["new", "first", "repro", "public"]
 Frequency = Literal["fast", "hourly", "daily", "weekly", "monthly"]
-Channel = Literal["email"]
+Channel = Literal["email", "webhook"]
 TRIGGERS: tuple[Trigger, ...] = ("new", "first", "repro", "public")
 
 _WORD = r"^[A-Za-z0-9_\-]{1,64}$"
@@ -36,6 +36,9 @@ class SubscriptionRequest(BaseModel):
     time_of_day: str = Field(default="08:00", pattern=_TIME, description="HH:MM in time_zone")
     time_zone: str = Field(default="UTC", min_length=1, max_length=64, description="An IANA time zone name")
     channel: Channel = "email"
+    webhook_url: str | None = Field(
+        default=None, max_length=2048, description="The receiver of a webhook subscription (https outside development)"
+    )
 
     @field_validator("mission")
     @classmethod
@@ -57,6 +60,8 @@ class SubscriptionRequest(BaseModel):
             raise ValueError("an obset or an archive_id, not both")
         if self.min_level is not None and self.mission is None:
             raise ValueError("min_level is in a mission's level order: name the mission (and propid)")
+        if (self.channel == "webhook") != (self.webhook_url is not None):
+            raise ValueError("a webhook subscription names its webhook_url, and only a webhook subscription does")
         return self
 
     @property
@@ -83,6 +88,7 @@ class Subscription(BaseModel):
     time_of_day: str
     time_zone: str
     channel: Channel
+    webhook_url: str | None = None
     active: bool
     stopped_at: datetime | None
     stopped_reason: str | None
@@ -95,6 +101,12 @@ class Subscription(BaseModel):
             return f"file {self.archive_id}"
         text = f"{self.mission} {self.propid}"
         return text if self.obset is None else f"{text} obset {self.obset}"
+
+
+class SubscriptionCreated(Subscription):
+    """A subscription as made: a webhook subscription's signing secret is in this answer, and in no other."""
+
+    webhook_secret: str | None = None
 
 
 class SubscriptionList(BaseModel):

@@ -78,6 +78,14 @@ class NotifierSettings(CommonSettings):
         default=8, ge=1, description="Attempts at a notice whose SMTP failures are temporary before it is failed."
     )
 
+    notifier_webhook_allow_http: bool = Field(
+        default=False,
+        description="Let webhook receivers be plain http:// URLs (development and tests only); otherwise https only.",
+    )
+    notifier_webhook_timeout: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds a webhook receiver has to answer one POST."
+    )
+
     _token = field_validator("notifier_catalog_token")(required_secret)
 
     @field_validator("notifier_signing_secret")

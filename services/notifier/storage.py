@@ -29,7 +29,7 @@ def _columns(table: str = "") -> str:
         "min_level",
         "frequency",
     ]
-    tail = ["time_zone", "channel", "active", "stopped_at", "stopped_reason", "created_at"]
+    tail = ["time_zone", "channel", "webhook_url", "active", "stopped_at", "stopped_reason", "created_at"]
     return ", ".join(
         [f"{t}{n}" for n in names] + [f"to_char({t}time_of_day, 'HH24:MI') AS time_of_day"] + [f"{t}{n}" for n in tail]
     )
@@ -46,11 +46,12 @@ def _subscription(row: asyncpg.Record) -> Subscription:
 
 
 async def insert_subscription(
-    conn: asyncpg.Connection, username: str, email: str, request: SubscriptionRequest
+    conn: asyncpg.Connection, username: str, email: str, request: SubscriptionRequest, webhook_secret: str | None = None
 ) -> Subscription:
     row = await conn.fetchrow(
         "INSERT INTO subscriptions (username, email, mission, propid, obset, archive_id, triggers, min_level, "
-        "frequency, time_of_day, time_zone, channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+        "frequency, time_of_day, time_zone, channel, webhook_url, webhook_secret) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
         f"RETURNING {_SUBSCRIPTION_COLUMNS}",
         username,
         email,
@@ -64,6 +65,8 @@ async def insert_subscription(
         request.local_time,
         request.time_zone,
         request.channel,
+        request.webhook_url,
+        webhook_secret,
     )
     return _subscription(row)
 
@@ -106,7 +109,8 @@ async def delete_subscription(conn: asyncpg.Connection, subscription_id: int, us
 
 
 async def stop_channel(conn: asyncpg.Connection, subscription_ids: Sequence[int], reason: str) -> None:
-    """The channel refused for good (SMTP 5xx): nothing more is tried until the subscriber or an operator acts."""
+    """The channel refused for good (SMTP 5xx, webhook 410): nothing more is tried until the subscriber or an
+    operator acts."""
     await conn.execute(
         "UPDATE subscriptions SET stopped_at = now(), stopped_reason = $2 "
         "WHERE subscription_id = ANY($1::bigint[]) AND stopped_at IS NULL",
@@ -243,29 +247,36 @@ async def insert_notices(conn: asyncpg.Connection, notices: Sequence[NewNotice])
 
 @dataclass(frozen=True)
 class DueGroup:
-    """Notices that go out together: a fast subscription's (``subscription_id``), or a person's digest."""
+    """Notices that go out together: a fast subscription's (``subscription_id``), a person's email digest, or a
+    webhook subscription's (``subscription_id``: each has its own receiver), fast or at the end of its period."""
 
     kind: str  # "fast" or "digest"
     username: str
     email: str
     subscription_id: int | None
+    channel: str = "email"
 
 
-async def due_groups(conn: asyncpg.Connection, now: datetime, limit: int = 200) -> list[DueGroup]:
-    """The groups with something due at ``now`` (the delivery loop's clock, which tests drive)."""
+async def due_groups(
+    conn: asyncpg.Connection, now: datetime, limit: int = 200, channels: Sequence[str] = ("email", "webhook")
+) -> list[DueGroup]:
+    """The groups with something due at ``now`` (the delivery loop's clock, which tests drive), of ``channels``."""
     rows = await conn.fetch(
-        "SELECT DISTINCT s.frequency = 'fast' AS fast, s.username, s.email, "
-        "CASE WHEN s.frequency = 'fast' THEN s.subscription_id END AS subscription_id "
+        "SELECT DISTINCT s.frequency = 'fast' AS fast, s.username, s.email, s.channel, "
+        "CASE WHEN s.frequency = 'fast' OR s.channel = 'webhook' THEN s.subscription_id END AS subscription_id "
         "FROM pending_notices n JOIN subscriptions s USING (subscription_id) "
         "WHERE n.state = 'pending' AND n.due_at <= $2 AND n.next_attempt_at <= $2 "
-        "AND s.active AND s.stopped_at IS NULL "
+        "AND s.active AND s.stopped_at IS NULL AND s.channel = ANY($3::text[]) "
         "AND (s.frequency <> 'fast' OR s.fast_next_at IS NULL OR s.fast_next_at <= $2) "
         "LIMIT $1",
         limit,
         now,
+        list(channels),
     )
     return [
-        DueGroup("fast" if row["fast"] else "digest", row["username"], row["email"], row["subscription_id"])
+        DueGroup(
+            "fast" if row["fast"] else "digest", row["username"], row["email"], row["subscription_id"], row["channel"]
+        )
         for row in rows
     ]
 
@@ -283,25 +294,27 @@ class ClaimedNotice:
     data: dict[str, Any]
     attempts: int
     resends: int
+    webhook_secret: str | None = None
 
 
 async def claim(conn: asyncpg.Connection, group: DueGroup, now: datetime) -> list[ClaimedNotice]:
     """Lock the group's notices due at ``now`` for this transaction (others skip them), oldest first."""
-    if group.kind == "fast":
+    one = group.subscription_id is not None  # a fast subscription's, or a webhook's
+    if one:
         condition = "n.subscription_id = $2 AND (s.fast_next_at IS NULL OR s.fast_next_at <= $1)"
         key: Any = group.subscription_id
     else:
-        condition = "s.username = $2 AND s.email = $3 AND s.frequency <> 'fast'"
+        condition = "s.username = $2 AND s.email = $3 AND s.frequency <> 'fast' AND s.channel = 'email'"
         key = group.username
     rows = await conn.fetch(
         f"SELECT n.notice_id, n.event_id, n.event_type, n.event_time, n.mission AS n_mission, n.propid AS n_propid, "
-        f"n.level, n.data, n.attempts, n.resends, {_columns('s')} "
+        f"n.level, n.data, n.attempts, n.resends, s.webhook_secret, {_columns('s')} "
         "FROM pending_notices n JOIN subscriptions s ON s.subscription_id = n.subscription_id "
         "WHERE n.state = 'pending' AND n.due_at <= $1 AND n.next_attempt_at <= $1 "
         f"AND s.active AND s.stopped_at IS NULL AND {condition} "
         "ORDER BY n.notice_id FOR UPDATE OF n SKIP LOCKED",
         now,
-        *((key,) if group.kind == "fast" else (key, group.email)),
+        *((key,) if one else (key, group.email)),
     )
     claimed = []
     for row in rows:
@@ -320,6 +333,7 @@ async def claim(conn: asyncpg.Connection, group: DueGroup, now: datetime) -> lis
                 data=json.loads(record["data"]),
                 attempts=record["attempts"],
                 resends=record["resends"],
+                webhook_secret=record["webhook_secret"],
             )
         )
     return claimed
@@ -337,7 +351,7 @@ async def record_delivery(
 ) -> int:
     delivery_id: int = await conn.fetchval(
         "INSERT INTO deliveries (username, email, kind, subscription_ids, message_key, state, reason, content, "
-        "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING delivery_id",
+        "created_at, channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING delivery_id",
         group.username,
         group.email,
         group.kind,
@@ -347,6 +361,7 @@ async def record_delivery(
         reason,
         None if content is None else json.dumps(content),
         now,
+        group.channel,
     )
     return delivery_id
 
@@ -358,15 +373,21 @@ async def record_attempt(
     outcome: str,
     code: int | None,
     response: str,
+    *,
+    channel: str = "email",
 ) -> None:
+    """One attempt and its answer: an SMTP reply code, or (``channel`` webhook) the receiver's HTTP status."""
+    email = channel == "email"
     await conn.execute(
-        "INSERT INTO delivery_attempts (delivery_id, subscription_ids, outcome, smtp_code, smtp_response) "
-        "VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO delivery_attempts (delivery_id, subscription_ids, outcome, smtp_code, smtp_response, channel, "
+        "http_status) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         delivery_id,
         list(subscription_ids),
         outcome,
-        code,
+        code if email else None,
         response,
+        channel,
+        None if email else code,
     )
 
 
@@ -437,17 +458,17 @@ async def status(conn: asyncpg.Connection, limit: int = 20) -> dict[str, Any]:
     )
     counts = await conn.fetch("SELECT state, count(*) AS n FROM deliveries GROUP BY state")
     failed = await conn.fetch(
-        "SELECT delivery_id, username, email, subscription_ids, reason, created_at FROM deliveries "
+        "SELECT delivery_id, username, email, channel, subscription_ids, reason, created_at FROM deliveries "
         "WHERE state = 'failed' ORDER BY delivery_id DESC LIMIT $1",
         limit,
     )
     stopped = await conn.fetch(
-        "SELECT subscription_id, username, email, stopped_at, stopped_reason FROM subscriptions "
+        "SELECT subscription_id, username, email, channel, stopped_at, stopped_reason FROM subscriptions "
         "WHERE stopped_at IS NOT NULL ORDER BY stopped_at DESC LIMIT $1",
         limit,
     )
     temporary = await conn.fetch(
-        "SELECT subscription_ids, attempted_at, smtp_code, smtp_response FROM delivery_attempts "
+        "SELECT subscription_ids, attempted_at, channel, smtp_code, http_status, smtp_response FROM delivery_attempts "
         "WHERE outcome = 'temporary' ORDER BY attempt_id DESC LIMIT $1",
         limit,
     )

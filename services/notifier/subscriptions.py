@@ -6,9 +6,10 @@ import asyncpg
 
 from services.notifier import storage
 from services.notifier.levels import LevelOrder
-from services.notifier.models import Subscription, SubscriptionRequest
+from services.notifier.models import SubscriptionCreated, SubscriptionRequest
 from services.notifier.schedule import zone
 from services.notifier.signing import Signer, parse_ids
+from services.notifier.webhooks import check_url, new_secret
 
 
 class Refused(ValueError):
@@ -24,10 +25,17 @@ class BadLink(ValueError):
 
 
 async def subscribe(
-    conn: asyncpg.Connection, levels: LevelOrder, username: str, email: str, request: SubscriptionRequest
-) -> Subscription:
+    conn: asyncpg.Connection,
+    levels: LevelOrder,
+    username: str,
+    email: str,
+    request: SubscriptionRequest,
+    *,
+    allow_http_webhooks: bool = False,
+) -> SubscriptionCreated:
     """Keep a subscription for ``username`` at ``email``; the level and time zone are checked against the
-    configuration first (a level that is not the mission's could never match)."""
+    configuration first (a level that is not the mission's could never match). A webhook subscription gets its
+    signing secret here, in the answer and nowhere else: its owner keeps it to verify what the notifier sends."""
     try:
         zone(request.time_zone)
     except ValueError as exc:
@@ -39,7 +47,16 @@ async def subscribe(
             raise Refused("min_level", str(exc)) from None
     if "@" not in email:
         raise Refused("email", f"{email!r} is not an email address")
-    return await storage.insert_subscription(conn, username, email, request)
+    secret = None
+    if request.webhook_url is not None:
+        try:
+            url = check_url(request.webhook_url, allow_http=allow_http_webhooks)
+        except ValueError as exc:
+            raise Refused("webhook_url", str(exc)) from None
+        request = request.model_copy(update={"webhook_url": url})
+        secret = new_secret()
+    made = await storage.insert_subscription(conn, username, email, request, secret)
+    return SubscriptionCreated(**made.model_dump(), webhook_secret=secret)
 
 
 async def unsubscribe(conn: asyncpg.Connection, signer: Signer, ids_text: str, signature: str) -> list[int]:

@@ -32,8 +32,17 @@ def _translate(exc: Exception) -> ApiError | None:
 
 
 class NotifierApi:
-    def __init__(self, db: Database, catalog: CatalogClient, signer: Signer, levels: LevelOrder) -> None:
+    def __init__(
+        self,
+        db: Database,
+        catalog: CatalogClient,
+        signer: Signer,
+        levels: LevelOrder,
+        *,
+        allow_http_webhooks: bool = False,
+    ) -> None:
         self.db = db
+        self.allow_http_webhooks = allow_http_webhooks
         self.catalog = catalog
         self.signer = signer
         self.levels = levels
@@ -67,7 +76,9 @@ class NotifierApi:
         if not email:
             raise ApiError(409, "your account has no email address to write to", code=ErrorCode.CONFLICT)
         async with self.db.transaction() as conn:
-            made = await subscriptions.subscribe(conn, self.levels, username, email, body)
+            made = await subscriptions.subscribe(
+                conn, self.levels, username, email, body, allow_http_webhooks=self.allow_http_webhooks
+            )
         return web.json_response(text=made.model_dump_json(), status=201)
 
     async def delete(self, request: web.Request) -> web.Response:

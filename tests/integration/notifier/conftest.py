@@ -29,6 +29,7 @@ from services.notifier.handlers.events import dataset_subscription
 from services.notifier.handlers.http import NotifierApi
 from services.notifier.mailer import Mailer, SmtpMailer
 from services.notifier.settings import NotifierSettings
+from services.notifier.webhooks import WebhookSender
 from skyport.bus import Bus
 from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
 from tests.support.catalog import CatalogInProcess, catalog_database
@@ -93,8 +94,16 @@ class World:
     catalog_client: CatalogClient
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def new_deliverer(self, mailer: Mailer | None = None, clock: Callable[[], datetime] | None = None) -> Deliverer:
-        """Another delivery loop on the same database (a restarted notifier), with its own mailer and clock."""
+    def new_deliverer(
+        self,
+        mailer: Mailer | None = None,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        webhooks: WebhookSender | None = None,
+        max_attempts: int = 3,
+    ) -> Deliverer:
+        """Another delivery loop on the same database (a restarted notifier), with its own mailer and clock (and
+        webhook sender: the fixture's loop has none, so it leaves webhook notices to a test's)."""
         return Deliverer(
             self.notifier_db,
             self.catalog_client,
@@ -103,8 +112,9 @@ class World:
             poll_interval=0.1,
             coalesce_window=self.settings.notifier_coalesce_window,
             fast_per_hour=self.settings.notifier_fast_per_hour,
-            max_attempts=3,
+            max_attempts=max_attempts,
             metrics=DeliveryMetrics(CollectorRegistry()),
+            webhooks=webhooks,
             **({} if clock is None else {"clock": clock}),
         )
 
