@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 
 from services.monitor.client import ArchiveClient, ContentMismatch, TransientUploadError, UploadRejected
 from services.monitor.completion import Look, Naming, decide, look_at
-from services.monitor.dep import FileChanged, evaluate
+from services.monitor.dep import DepPool, FileChanged, WorkerLost, evaluate
 from services.monitor.journal import NOTED, SENT, FileState, Journal, JournalEntry
 from services.monitor.settings import MonitorSettings
 from skyport.events import ReplacedContent
@@ -98,6 +98,7 @@ class Monitor:
         client: ArchiveClient,
         metrics: MonitorMetrics,
         supervisor: Supervisor | None = None,
+        dep_pool: DepPool | None = None,
     ) -> None:
         self.settings = settings
         # The runtime's supervisor (the service's readiness reads it); a monitor run alone, in tests, makes its own.
@@ -108,6 +109,8 @@ class Monitor:
         self.journal = journal
         self.client = client
         self.metrics = metrics
+        # DEP in worker processes when given one (the service's lifespan does), else in threads (tests).
+        self.dep_pool = dep_pool
         self._wake = asyncio.Event()
         self._look_wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -425,15 +428,18 @@ class Monitor:
             if self._stopping.is_set():
                 return  # queued when the monitor was told to stop: the journal keeps the file for the next start
             started = time.perf_counter()
+            shared = self.settings.shared_filesystem
             try:
-                manifest = await asyncio.to_thread(
-                    evaluate,
-                    self.instruments,
-                    self.root,
-                    entry.path,
-                    entry.size,
-                    shared=self.settings.shared_filesystem,
-                )
+                if self.dep_pool is not None:
+                    manifest = await self.dep_pool.evaluate(self.root, entry.path, entry.size, shared=shared)
+                else:
+                    manifest = await asyncio.to_thread(
+                        evaluate, self.instruments, self.root, entry.path, entry.size, shared=shared
+                    )
+            except WorkerLost as exc:
+                # Whatever killed the worker may be this file (retried a few times, then invalid) or another one.
+                await self._unexpected(entry, exc)
+                return
             except InvalidFile as exc:
                 await self.journal.invalid(entry, str(exc))
                 self.metrics.files.labels("invalid").inc()

@@ -38,6 +38,11 @@ class MonitorSettings(MonitorJournalSettings):
         description="Send only the manifest: the receiver reads the file from a shared mount of watch_root.",
     )
     dep_concurrency: int = Field(default=2, ge=1, description="Files evaluated (validated, hashed) at once.")
+    dep_processes: bool = Field(
+        default=True,
+        description="Evaluate in dep_concurrency worker processes, off the interpreter the event loop runs in "
+        "(else in threads of the monitor's own process).",
+    )
     upload_concurrency: int = Field(default=4, ge=1, description="Files uploaded at once.")
     incomplete_timeout: float = Field(
         default=60.0,
