@@ -12,6 +12,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from tests.support.flow import Flow
 from tests.support.servers import AMQP_URL
 
 _tokens: set[str] = set()
@@ -62,3 +63,14 @@ async def _delete_queues(names: list[str]) -> None:
                 channel = await connection.channel()
                 await channel.queue_delete(name)
                 await channel.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test that ran services shows what they logged last (their processes write to a pipe, not a file)."""
+    report: pytest.TestReport = yield
+    if report.failed and call.when == "call":
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Flow) and value.processes:
+                report.sections.append(("services' last log lines", value.log_tail()))
+    return report

@@ -59,16 +59,21 @@ class ArchiveFiles:
         try:
             os.link(staged, placed)  # never overwrites an existing version
         except FileExistsError as exc:
-            raise StorageError(f"{relative} exists already; refusing to overwrite an archived version") from exc
+            # The staged inode itself: an attempt that died between its link and the staged name's unlink.
+            if not os.path.samestat(os.stat(staged), os.stat(placed)):
+                raise StorageError(f"{relative} exists already; refusing to overwrite an archived version") from exc
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             renamed = False
-            partial = target.with_name(f".{target.name}.partial")
-            shutil.copyfile(staged, partial)
-            with partial.open("rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(partial, placed)
+            # A copy left by an attempt that died before its commit is kept only if it holds these very bytes:
+            # the verification below hashes what is there.
+            if not placed.exists():
+                partial = target.with_name(f".{target.name}.partial")
+                shutil.copyfile(staged, partial)
+                with partial.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(partial, placed)
         if replace:
             os.replace(placed, target)
         fsync_directory(target.parent)

@@ -204,6 +204,15 @@ class Flow:
                 return service
         raise AssertionError(f"{names} not ready within 60 s")
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The last log lines of every process this flow started: shown beside a failed test's report."""
+        parts = []
+        for process in self.processes:
+            state = "running" if process.proc.returncode is None else f"exited {process.proc.returncode}"
+            parts.append(f"--- {' '.join(process.names)} (pid {process.proc.pid}, {state}) ---")
+            parts.extend(json.dumps(line, default=str) for line in process.lines[-lines:])
+        return "\n".join(parts)
+
     async def close(self) -> None:
         for process in self.processes:
             if process.proc.returncode is None:

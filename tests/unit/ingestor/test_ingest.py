@@ -273,3 +273,28 @@ async def test_a_file_moved_in_by_an_attempt_that_died_before_its_commit_is_arch
     assert archive.archived() == [(1, manifest.sha256)]
     assert archive.stored() == [content]
     assert [type(e.data) for e in archive.db.outbox] == [FileArchived, IngestCompleted]
+
+
+async def test_a_file_linked_into_storage_by_an_attempt_killed_before_it_let_go_of_the_staged_name_is_archived(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, content = archive.manifest(archive.new_file())
+    event = archive.received(manifest, content)
+    handle = transfer_received_subscription(archive.db, archive.ingestor, prefetch=1).handler
+
+    def killed(self: ArchiveFiles, relative: str, size_bytes: int, sha256: str | None) -> None:
+        raise ConnectionError("the process died between its link into storage and the staged name's unlink")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ArchiveFiles, "verify", killed)
+        with pytest.raises(ConnectionError):
+            await handle(event)
+    staged, stored = archive.staged(), archive.stored()
+    assert stored == [content]
+    assert [p.stat().st_nlink for p in staged] == [2]  # one inode, two names
+
+    await handle(event)  # the broker's redelivery: the link is the attempt's own, not an archived version
+
+    assert archive.archived() == [(1, manifest.sha256)]
+    assert (archive.staged(), archive.stored()) == ([], [content])
+    assert [type(e.data) for e in archive.db.outbox] == [FileArchived, IngestCompleted]
