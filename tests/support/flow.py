@@ -81,6 +81,9 @@ class Flow:
         self.receiver_port = free_port()
         self.catalog_port = free_port()
         self.gateway_port = free_port()
+        self.notifier_port = free_port()
+        # The SMTP server the notifier sends to (tests.support.smtp.smtp_server): set before starting the notifier.
+        self.smtp_port: int | None = None
         self.token = ""
         self.settings: dict[str, str] = {}
         self.processes: list[ServiceProcess] = []
@@ -110,11 +113,24 @@ class Flow:
             SKYPORT_GATEWAY_CATALOG_URL=f"http://127.0.0.1:{self.catalog_port}",
             SKYPORT_GATEWAY_HEARTBEAT="1",
             SKYPORT_GATEWAY_RECHECK_INTERVAL="1",
+            SKYPORT_GATEWAY_NOTIFIER_URL=f"http://127.0.0.1:{self.notifier_port}",
+            SKYPORT_NOTIFIER_HOST="127.0.0.1",
+            SKYPORT_NOTIFIER_PORT=str(self.notifier_port),
+            # Links in emails go through the gateway's one address, as in production.
+            SKYPORT_NOTIFIER_PUBLIC_URL=f"http://127.0.0.1:{self.gateway_port}",
+            SKYPORT_NOTIFIER_CATALOG_URL=f"http://127.0.0.1:{self.catalog_port}",
+            SKYPORT_NOTIFIER_SIGNING_SECRET="flow-signing-secret-" + "s" * 24,
+            SKYPORT_NOTIFIER_POLL_INTERVAL="0.2",
+            SKYPORT_NOTIFIER_WEBHOOK_ALLOW_HTTP="true",
+            SKYPORT_SMTP_HOST="127.0.0.1",
+            SKYPORT_SMTP_SECURITY="none",
             SKYPORT_SITE_TOKEN=self.token,
             SKYPORT_RESCAN_INTERVAL="2",
             SKYPORT_FOLLOW_INTERVAL="0.2",
             SKYPORT_MAX_RETRY_DELAY="1",
         )
+        if self.smtp_port is not None:
+            env["SKYPORT_SMTP_PORT"] = str(self.smtp_port)
         env.update(self.settings)
         env.update({f"SKYPORT_{k.upper()}": str(v) for k, v in settings.items()})
         return env
@@ -147,7 +163,7 @@ class Flow:
         # command is a new interpreter (seconds of imports), and a suite makes a hundred flows. The commands
         # themselves have tests of their own (tests/integration/skyport/test_cli_errors.py, test_site_credentials).
         settings = CommonSettings(database_url=self.database_url)
-        services = ("receiver", "ingestor", "catalog")
+        services = ("receiver", "ingestor", "catalog", "notifier")
         for name in services:
             await migrate(load_service(name), settings)
         await topology.apply_topology(self.amqp_url, set(services))  # as `skyport migrate` declares the bus too
@@ -166,6 +182,10 @@ class Flow:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def notifier_url(self) -> str:
+        return f"http://127.0.0.1:{self.notifier_port}"
+
     async def user_token(self, username: str, *, admin: bool = False) -> str:
         """A catalog user (created if new) and a fresh token of theirs."""
         db = await Database.connect(self.database_url, "catalog", min_size=1, max_size=1)
@@ -179,6 +199,9 @@ class Flow:
         if "gateway" in names and "SKYPORT_GATEWAY_CATALOG_TOKEN" not in self.settings:
             # The gateway follows the catalog order with an administrator's token of its own.
             self.settings["SKYPORT_GATEWAY_CATALOG_TOKEN"] = await self.user_token("gateway", admin=True)
+        if "notifier" in names and "SKYPORT_NOTIFIER_CATALOG_TOKEN" not in self.settings:
+            # The notifier asks the catalog what each subscriber may see, with an administrator's token.
+            self.settings["SKYPORT_NOTIFIER_CATALOG_TOKEN"] = await self.user_token("notifier", admin=True)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
