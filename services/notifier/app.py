@@ -83,6 +83,8 @@ async def lifespan(ctx: ServiceContext[NotifierSettings]) -> AsyncIterator[None]
                     made.signer,
                     made.levels,
                     allow_http_webhooks=settings.notifier_webhook_allow_http,
+                    coalesce_window=settings.notifier_coalesce_window,
+                    fast_per_hour=settings.notifier_fast_per_hour,
                 )
                 async with ctx.serve_http(api.app(), settings.notifier_host, settings.notifier_port, api="notifier"):
                     yield

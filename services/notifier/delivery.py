@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -32,8 +33,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.notifier import storage
 from services.notifier.catalog_client import CatalogClient, CatalogUnavailable, Seen, Titles
-from services.notifier.mail import Composer, NoticeItem
+from services.notifier.mail import Composer, NoticeItem, sections_of, subject_of
 from services.notifier.mailer import Mailer
+from services.notifier.preview import HISTORY_DAYS
 from services.notifier.webhooks import HookResult, WebhookSender
 from skyport.db import Database
 
@@ -56,6 +58,15 @@ class DeliveryMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.pages = Counter(
+            "skyport_notifier_page_deliveries_total",
+            "In-page deliveries handled, by outcome (sent: in the inbox, withheld).",
+            ["outcome"],
+            registry=registry,
+        )
+
+    def of(self, channel: str) -> Counter:
+        return {"email": self.emails, "webhook": self.webhooks}.get(channel, self.pages)
 
 
 def message_key(group: storage.DueGroup, notices: Sequence[storage.ClaimedNotice]) -> str:
@@ -98,15 +109,28 @@ class Deliverer:
         self.wake = asyncio.Event()
         self.webhooks = webhooks
         # A loop without a webhook sender (a test's, an email-only tool) leaves webhook notices to one that has one.
-        self.channels = ("email",) if webhooks is None else ("email", "webhook")
+        self.channels = ("email", "page") if webhooks is None else ("email", "page", "webhook")
 
     async def run(self) -> None:
-        """The supervised loop: send what is due; then wait for a fast notice (``wake``) or the poll interval."""
+        """The supervised loop: send what is due; then wait for a fast notice (``wake``) or the poll interval.
+        Once an hour it also forgets the events that previews no longer look at."""
+        pruned: datetime | None = None
         while True:
             self.wake.clear()
+            if pruned is None or self.clock() - pruned >= timedelta(hours=1):
+                pruned = self.clock()
+                await self.prune_history(pruned)
             await self.deliver_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_interval)
+
+    async def prune_history(self, now: datetime) -> int:
+        """Drop the history's events older than previews look (``preview.HISTORY_DAYS``)."""
+        async with self.db.transaction() as conn:
+            dropped = await storage.prune_history(conn, now - timedelta(days=HISTORY_DAYS))
+        if dropped:
+            log.info("old events forgotten", events=dropped)
+        return dropped
 
     async def deliver_due(self) -> int:
         """One round over every group with something due; returns how many emails were decided."""
@@ -146,11 +170,13 @@ class Deliverer:
                     conn, group, subscription_ids, key, "withheld", "nothing the subscriber may see now", None, now
                 )
                 await storage.close_notices(conn, withheld, "withheld", delivery_id)
-                (self.metrics.emails if group.channel == "email" else self.metrics.webhooks).labels("withheld").inc()
+                self.metrics.of(group.channel).labels("withheld").inc()
                 log.info("notices withheld", username=group.username, notices=len(withheld), key=key)
                 return "withheld"
             if group.channel == "webhook":
                 return await self._post(conn, group, notices, items, withheld, key, now)
+            if group.channel == "page":
+                return await self._to_inbox(conn, group, notices, items, withheld, key, now)
             message, content = self.composer.compose(group.kind, group.email, key, items)
             result = await self.mailer.send(message)
             sent_ids = [item_id for item_id in (n.notice_id for n in notices) if item_id not in set(withheld)]
@@ -285,6 +311,37 @@ class Deliverer:
         )
         return "temporary"
 
+    async def _to_inbox(
+        self,
+        conn: asyncpg.Connection,
+        group: storage.DueGroup,
+        notices: Sequence[storage.ClaimedNotice],
+        items: Sequence[NoticeItem],
+        withheld: Sequence[int],
+        key: str,
+        now: datetime,
+    ) -> str:
+        """A page subscription's notices, kept in its owner's inbox: one in-page notice per program, trigger and
+        level (an email's section), in the claiming transaction; nothing can refuse them, so they are sent."""
+        assert group.subscription_id is not None  # a page group is one subscription's
+        ids = [group.subscription_id]
+        content = self.composer.attachment(items)
+        delivery_id = await storage.record_delivery(conn, group, ids, key, "sent", None, content, now)
+        await storage.record_attempt(conn, delivery_id, ids, "accepted", None, "kept in the inbox", channel="page")
+        await storage.insert_inbox(conn, group.username, group.subscription_id, delivery_id, inbox_notices(items), now)
+        await storage.close_notices(
+            conn, [n.notice_id for n in notices if n.notice_id not in set(withheld)], "sent", delivery_id
+        )
+        if withheld:
+            await storage.close_notices(conn, withheld, "withheld", delivery_id)
+        if group.kind == "fast":
+            await storage.after_fast_send(
+                conn, group.subscription_id, group.username, self.coalesce_window, self.fast_per_hour, now
+            )
+        self.metrics.pages.labels("sent").inc()
+        log.info("in-page notices kept", subscription_id=group.subscription_id, notices=len(items), key=key)
+        return "sent"
+
     @staticmethod
     async def _attempt(
         conn: asyncpg.Connection, delivery_id: int | None, ids: Sequence[int], result: HookResult
@@ -326,3 +383,25 @@ class Deliverer:
             files=files,
             repro=data.get("repro"),
         )
+
+
+def inbox_notices(items: Sequence[NoticeItem]) -> list[tuple[str, dict[str, Any]]]:
+    """The in-page notices of one delivery: one per program, trigger and level, with the subject an email of it
+    alone would have, and its events as the email's JSON attachment holds them."""
+    notices = []
+    for section in sections_of(items):
+        same = (section.mission, section.propid, section.trigger, section.level)
+        events = [i.as_json() for i in items if (i.mission, i.propid, i.trigger, i.level) == same]
+        content = {
+            "trigger": section.trigger,
+            "mission": section.mission,
+            "propid": section.propid,
+            "title": section.title,
+            "level": section.level,
+            "obsets": section.obsets,
+            "files": section.files,
+            "repro": section.repro,
+            "notices": events,
+        }
+        notices.append((subject_of("fast", [section]), content))
+    return notices

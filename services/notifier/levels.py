@@ -10,12 +10,21 @@ from skyport.instruments import InstrumentCatalog
 class LevelOrder:
     """The missions' processing levels, lowest first (``levels`` in each ``mission.toml``)."""
 
-    def __init__(self, levels: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, levels: Mapping[str, Sequence[str]], defaults: Mapping[str, str] | None = None) -> None:
         self._levels = {mission.upper(): tuple(order) for mission, order in levels.items()}
+        self._defaults = {mission.upper(): level for mission, level in (defaults or {}).items()}
 
     @classmethod
     def of(cls, instruments: InstrumentCatalog) -> LevelOrder:
-        return cls({name: mission.levels for name, mission in instruments.missions.items()})
+        missions = instruments.missions.items()
+        return cls(
+            {name: mission.levels for name, mission in missions},
+            {name: m.notify_default_level for name, m in missions if m.notify_default_level is not None},
+        )
+
+    def default(self, mission: str) -> str | None:
+        """The level a subscription to ``mission`` that names none starts from (``notify_default_level``)."""
+        return self._defaults.get(mission.upper())
 
     def level(self, mission: str, level: str) -> str:
         """``level`` as the mission's configuration spells it; ValueError naming the mission's levels otherwise."""

@@ -1,4 +1,5 @@
-"""Matching dataset events to subscriptions: the notices each event makes, recorded in the consumer's transaction."""
+"""Matching dataset events to subscriptions: the notices each event makes, and the event in the 30 days' history,
+recorded in the consumer's transaction."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Matcher:
     async def record(self, conn: asyncpg.Connection, events: Sequence[CloudEvent[DatasetEvent]]) -> int:
         """Record the notices ``events`` make (inside the caller's transaction); returns how many fast ones."""
         now = datetime.now(UTC)
+        await storage.record_history(conn, [past_event(e) for e in events])
         matched = [
             storage.MatchedEvent(
                 mission=e.data.mission.upper(),
@@ -56,6 +58,21 @@ class Matcher:
             )
         await storage.insert_notices(conn, notices)
         return fast
+
+
+def past_event(event: CloudEvent[DatasetEvent]) -> storage.PastEvent:
+    """The event as the 30 days' history keeps it, for previews."""
+    return storage.PastEvent(
+        event_id=event.id,
+        event_time=event.time,
+        type=event.data.type,
+        mission=event.data.mission.upper(),
+        propid=event.data.propid,
+        level=event.data.level,
+        obsets=_obsets(event.data),
+        archive_ids=sorted({f.archive_id for f in event.data.files}),
+        files=len(event.data.files),
+    )
 
 
 def _obsets(data: DatasetEvent) -> list[str]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Trigger = Literal["new", "first", "repro", "public"]
 Frequency = Literal["fast", "hourly", "daily", "weekly", "monthly"]
-Channel = Literal["email", "webhook"]
+Channel = Literal["email", "webhook", "page"]
 TRIGGERS: tuple[Trigger, ...] = ("new", "first", "repro", "public")
 
 _WORD = r"^[A-Za-z0-9_\-]{1,64}$"
@@ -31,7 +31,12 @@ class SubscriptionRequest(BaseModel):
     obset: str | None = Field(default=None, pattern=_WORD)
     archive_id: str | None = Field(default=None, pattern=_ARCHIVE_ID)
     triggers: list[Trigger] = Field(default_factory=lambda: list(TRIGGERS), min_length=1, max_length=4)
-    min_level: str | None = Field(default=None, pattern=_WORD)
+    min_level: str | None = Field(
+        default=None,
+        pattern=_WORD,
+        description="A level of the mission; none: the mission's notify_default_level (JWST 2b), if it has one",
+    )
+    or_above: bool = Field(default=True, description="min_level or above (true) or min_level only (false)")
     frequency: Frequency = "daily"
     time_of_day: str = Field(default="08:00", pattern=_TIME, description="HH:MM in time_zone")
     time_zone: str = Field(default="UTC", min_length=1, max_length=64, description="An IANA time zone name")
@@ -84,6 +89,7 @@ class Subscription(BaseModel):
     archive_id: str | None
     triggers: list[Trigger]
     min_level: str | None
+    or_above: bool = True
     frequency: Frequency
     time_of_day: str
     time_zone: str
@@ -111,3 +117,76 @@ class SubscriptionCreated(Subscription):
 
 class SubscriptionList(BaseModel):
     subscriptions: list[Subscription]
+
+
+class SubscriptionChange(BaseModel):
+    """``PATCH /v1/subscriptions/{id}``: the settings to change; what is left out stays as it is.
+
+    What a subscription is about (program, obset, file) is not changed here: that is another subscription.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    triggers: list[Trigger] | None = Field(default=None, min_length=1, max_length=4)
+    min_level: str | None = Field(default=None, pattern=_WORD)
+    or_above: bool | None = None
+    frequency: Frequency | None = None
+    time_of_day: str | None = Field(default=None, pattern=_TIME)
+    time_zone: str | None = Field(default=None, min_length=1, max_length=64)
+    channel: Channel | None = None
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+    def changes(self) -> dict[str, object]:
+        """The fields the body names, with their new values (``min_level: null`` clears the level)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class Preview(BaseModel):
+    """What a subscription's settings would have done over the last ``days`` days (``POST .../preview``)."""
+
+    days: int
+    events: int = Field(description="Dataset events of the program or file that the person may see now")
+    notices: int = Field(description="Of those, the ones the triggers and level keep: one notice each")
+    messages: int = Field(description="Emails (or webhook POSTs, or in-page notices) after coalescing, cap, digest")
+    by_trigger: dict[Trigger, int]
+    first: datetime | None
+    last: datetime | None
+
+
+class InboxNotice(BaseModel):
+    """One in-page notice: one program, trigger and level of one delivery."""
+
+    id: int
+    created_at: datetime
+    read: bool
+    subject: str
+    subscription_id: int | None
+    trigger: str
+    mission: str
+    propid: str
+    title: str | None = None
+    level: str
+    obsets: list[str]
+    files: list[dict[str, Any]]
+    repro: list[dict[str, Any]] = Field(default_factory=list)
+    notices: list[dict[str, Any]] = Field(description="The events as an email's JSON attachment holds them")
+
+
+class Inbox(BaseModel):
+    notices: list[InboxNotice]
+    unread: int
+
+
+class InboxRead(BaseModel):
+    """``POST /v1/inbox/read``: some notices (``ids``) or every one (``all``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ids: list[int] = Field(default_factory=list, max_length=1000)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _some(self) -> Self:
+        if not self.ids and not self.all:
+            raise ValueError("name the notices read (ids) or say all")
+        return self

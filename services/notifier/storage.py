@@ -27,6 +27,7 @@ def _columns(table: str = "") -> str:
         "archive_id",
         "triggers",
         "min_level",
+        "or_above",
         "frequency",
     ]
     tail = ["time_zone", "channel", "webhook_url", "active", "stopped_at", "stopped_reason", "created_at"]
@@ -50,8 +51,8 @@ async def insert_subscription(
 ) -> Subscription:
     row = await conn.fetchrow(
         "INSERT INTO subscriptions (username, email, mission, propid, obset, archive_id, triggers, min_level, "
-        "frequency, time_of_day, time_zone, channel, webhook_url, webhook_secret) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+        "frequency, time_of_day, time_zone, channel, webhook_url, webhook_secret, or_above) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
         f"RETURNING {_SUBSCRIPTION_COLUMNS}",
         username,
         email,
@@ -67,15 +68,75 @@ async def insert_subscription(
         request.channel,
         request.webhook_url,
         webhook_secret,
+        request.or_above,
     )
     return _subscription(row)
 
 
-async def subscription(conn: asyncpg.Connection, subscription_id: int) -> Subscription | None:
+async def subscription(
+    conn: asyncpg.Connection, subscription_id: int, *, username: str | None = None, lock: bool = False
+) -> Subscription | None:
+    """One subscription (only if it is ``username``'s, when given), locked for the transaction when ``lock``."""
     row = await conn.fetchrow(
-        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE subscription_id = $1", subscription_id
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE subscription_id = $1 "
+        f"AND ($2::text IS NULL OR username = $2){' FOR UPDATE' if lock else ''}",
+        subscription_id,
+        username,
     )
     return None if row is None else _subscription(row)
+
+
+async def update_subscription(
+    conn: asyncpg.Connection,
+    subscription_id: int,
+    request: SubscriptionRequest,
+    *,
+    new_secret: str | None,
+    clear_secret: bool,
+    restart: bool,
+) -> Subscription:
+    """Keep a subscription's new settings; ``new_secret`` replaces its webhook secret, ``clear_secret`` drops it
+    (no longer a webhook), ``restart`` clears a stopped channel (a new channel or receiver deserves a try)."""
+    row = await conn.fetchrow(
+        "UPDATE subscriptions SET triggers = $2, min_level = $3, or_above = $4, frequency = $5, time_of_day = $6, "
+        "time_zone = $7, channel = $8, webhook_url = $9, "
+        "webhook_secret = CASE WHEN $11 THEN NULL ELSE coalesce($10, webhook_secret) END, "
+        "stopped_at = CASE WHEN $12 THEN NULL ELSE stopped_at END, "
+        "stopped_reason = CASE WHEN $12 THEN NULL ELSE stopped_reason END "
+        f"WHERE subscription_id = $1 RETURNING {_SUBSCRIPTION_COLUMNS}",
+        subscription_id,
+        list(request.triggers),
+        request.min_level,
+        request.or_above,
+        request.frequency,
+        request.local_time,
+        request.time_zone,
+        request.channel,
+        request.webhook_url,
+        new_secret,
+        clear_secret,
+        restart,
+    )
+    return _subscription(row)
+
+
+async def waiting_notices(conn: asyncpg.Connection, subscription_id: int) -> list[tuple[int, datetime]]:
+    """A subscription's pending notices and when each came (locked: the delivery loop skips them meanwhile)."""
+    rows = await conn.fetch(
+        "SELECT notice_id, created_at FROM pending_notices WHERE subscription_id = $1 AND state = 'pending' FOR UPDATE",
+        subscription_id,
+    )
+    return [(row["notice_id"], row["created_at"]) for row in rows]
+
+
+async def set_due(conn: asyncpg.Connection, due: dict[int, datetime]) -> None:
+    if due:
+        await conn.execute(
+            "UPDATE pending_notices n SET due_at = d.due FROM unnest($1::bigint[], $2::timestamptz[]) AS d(id, due) "
+            "WHERE n.notice_id = d.id",
+            list(due),
+            list(due.values()),
+        )
 
 
 async def subscriptions(conn: asyncpg.Connection, username: str | None = None) -> list[Subscription]:
@@ -139,7 +200,7 @@ class MatchedEvent:
     propid: str
     type: str
     obsets: Sequence[str]
-    levels_at_or_below: Sequence[str]  # the mission's levels up to the event's: "min_level or above" matches
+    levels_at_or_below: Sequence[str]  # the mission's levels up to the event's (last), as the configuration spells
     archive_ids: Sequence[str]
 
 
@@ -154,17 +215,22 @@ class Match:
     time_zone: str
 
 
+# "min_level or above": the event's level is one of the mission's levels up to it; "min_level only": it is that one.
+_LEVEL_RULE = (
+    "(s.min_level IS NULL OR CASE WHEN s.or_above THEN e.levels::jsonb ? s.min_level ELSE e.level = s.min_level END)"
+)
+
 # Two indexed lookups (by program, by archive ID) rather than one join with an OR, which no index serves.
-_MATCH = """
+_MATCH = f"""
 WITH e AS (
-    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS e(idx, mission, propid, type, obsets, levels)
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::text[])
+        AS e(idx, mission, propid, type, obsets, levels, level)
 )
 SELECT e.idx, s.subscription_id, s.obset, NULL::text AS archive_id, s.frequency, s.time_of_day, s.time_zone
 FROM e JOIN subscriptions s ON s.mission = e.mission AND s.propid = e.propid
 WHERE s.archive_id IS NULL AND s.active AND s.stopped_at IS NULL
   AND e.type = ANY(s.triggers)
-  AND (s.min_level IS NULL OR e.levels::jsonb ? s.min_level)
+  AND {_LEVEL_RULE}
   AND (s.obset IS NULL OR e.obsets::jsonb ? s.obset)
 UNION ALL
 SELECT e.idx, s.subscription_id, NULL, s.archive_id, s.frequency, s.time_of_day, s.time_zone
@@ -174,7 +240,7 @@ JOIN subscriptions s ON s.archive_id = f.archive_id
 WHERE s.active AND s.stopped_at IS NULL
   AND e.type = ANY(s.triggers)
   AND (s.mission IS NULL OR (s.mission = e.mission AND s.propid = e.propid))
-  AND (s.min_level IS NULL OR e.levels::jsonb ? s.min_level)
+  AND {_LEVEL_RULE}
 """
 
 
@@ -192,6 +258,7 @@ async def match(conn: asyncpg.Connection, events: Sequence[MatchedEvent]) -> lis
         [json.dumps(list(e.levels_at_or_below)) for e in events],
         file_index,
         file_ids,
+        [e.levels_at_or_below[-1] for e in events],
     )
     return [
         Match(
@@ -242,13 +309,133 @@ async def insert_notices(conn: asyncpg.Connection, notices: Sequence[NewNotice])
     return len(rows)
 
 
+# --- the 30 days' history (previews) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PastEvent:
+    """A dataset event as the history keeps it: enough to match it and schedule it again, no more."""
+
+    event_id: str
+    event_time: datetime
+    type: str
+    mission: str
+    propid: str
+    level: str
+    obsets: Sequence[str]
+    archive_ids: Sequence[str]
+    files: int
+
+
+async def record_history(conn: asyncpg.Connection, events: Sequence[PastEvent]) -> None:
+    """Keep every consumed dataset event (once, however often it comes), in the consumer's transaction."""
+    if not events:
+        return
+    await conn.execute(
+        "INSERT INTO event_history (event_id, event_time, type, mission, propid, level, obsets, archive_ids, files) "
+        "SELECT e.event_id, e.event_time, e.type, e.mission, e.propid, e.level, "
+        "ARRAY(SELECT jsonb_array_elements_text(e.obsets)), ARRAY(SELECT jsonb_array_elements_text(e.archive_ids)), "
+        "e.files FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$7::jsonb[], $8::jsonb[], $9::int[]) "
+        "AS e(event_id, event_time, type, mission, propid, level, obsets, archive_ids, files) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        [e.event_id for e in events],
+        [e.event_time for e in events],
+        [e.type for e in events],
+        [e.mission for e in events],
+        [e.propid for e in events],
+        [e.level for e in events],
+        [json.dumps(list(e.obsets)) for e in events],
+        [json.dumps(list(e.archive_ids)) for e in events],
+        [e.files for e in events],
+    )
+
+
+async def history(
+    conn: asyncpg.Connection,
+    since: datetime,
+    *,
+    mission: str | None,
+    propid: str | None,
+    archive_id: str | None,
+) -> list[PastEvent]:
+    """The events since ``since`` of a program (``mission``, ``propid``) or of one file, oldest first."""
+    if archive_id is not None:
+        where = "archive_ids @> ARRAY[$2::text] AND ($3::text IS NULL OR (mission = $3 AND propid = $4))"
+        args: tuple[Any, ...] = (archive_id, mission, propid)
+    else:
+        where = "mission = $2 AND propid = $3"
+        args = (mission, propid)
+    rows = await conn.fetch(
+        "SELECT event_id, event_time, type, mission, propid, level, obsets, archive_ids, files FROM event_history "
+        f"WHERE event_time > $1 AND {where} ORDER BY event_time, event_id",
+        since,
+        *args,
+    )
+    return [PastEvent(**dict(row)) for row in rows]
+
+
+async def prune_history(conn: asyncpg.Connection, before: datetime) -> int:
+    result: str = await conn.execute("DELETE FROM event_history WHERE event_time < $1", before)
+    return int(result.split()[-1])
+
+
+# --- the inbox (in-page notices) --------------------------------------------------------------------------
+
+
+async def insert_inbox(
+    conn: asyncpg.Connection,
+    username: str,
+    subscription_id: int | None,
+    delivery_id: int,
+    notices: Sequence[tuple[str, dict[str, Any]]],
+    now: datetime,
+) -> None:
+    """One inbox row per (subject, content) of a delivery."""
+    await conn.executemany(
+        "INSERT INTO inbox (username, subscription_id, delivery_id, subject, content, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        [(username, subscription_id, delivery_id, subject, json.dumps(content), now) for subject, content in notices],
+    )
+
+
+async def inbox(conn: asyncpg.Connection, username: str, limit: int, before: int | None) -> list[asyncpg.Record]:
+    """A person's in-page notices, newest first (those older than notice ``before``, when given)."""
+    rows = await conn.fetch(
+        "SELECT inbox_id, created_at, read_at, subject, subscription_id, content FROM inbox "
+        "WHERE username = $1 AND ($3::bigint IS NULL OR inbox_id < $3) ORDER BY inbox_id DESC LIMIT $2",
+        username,
+        limit,
+        before,
+    )
+    return list(rows)
+
+
+async def unread(conn: asyncpg.Connection, username: str) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM inbox WHERE username = $1 AND read_at IS NULL", username)
+    return count
+
+
+async def mark_read(conn: asyncpg.Connection, username: str, ids: Sequence[int] | None, now: datetime) -> int:
+    """Mark ``ids`` (all when None) of ``username``'s notices read; another person's ids are left alone."""
+    result: str = await conn.execute(
+        "UPDATE inbox SET read_at = $3 WHERE username = $1 AND read_at IS NULL "
+        "AND ($2::bigint[] IS NULL OR inbox_id = ANY($2::bigint[]))",
+        username,
+        None if ids is None else list(ids),
+        now,
+    )
+    return int(result.split()[-1])
+
+
 # --- delivery --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DueGroup:
     """Notices that go out together: a fast subscription's (``subscription_id``), a person's email digest, or a
-    webhook subscription's (``subscription_id``: each has its own receiver), fast or at the end of its period."""
+    webhook or page subscription's (``subscription_id``: each has its own receiver, or its own inbox notices),
+    fast or at the end of its period."""
 
     kind: str  # "fast" or "digest"
     username: str
@@ -258,12 +445,15 @@ class DueGroup:
 
 
 async def due_groups(
-    conn: asyncpg.Connection, now: datetime, limit: int = 200, channels: Sequence[str] = ("email", "webhook")
+    conn: asyncpg.Connection,
+    now: datetime,
+    limit: int = 200,
+    channels: Sequence[str] = ("email", "webhook", "page"),
 ) -> list[DueGroup]:
     """The groups with something due at ``now`` (the delivery loop's clock, which tests drive), of ``channels``."""
     rows = await conn.fetch(
         "SELECT DISTINCT s.frequency = 'fast' AS fast, s.username, s.email, s.channel, "
-        "CASE WHEN s.frequency = 'fast' OR s.channel = 'webhook' THEN s.subscription_id END AS subscription_id "
+        "CASE WHEN s.frequency = 'fast' OR s.channel <> 'email' THEN s.subscription_id END AS subscription_id "
         "FROM pending_notices n JOIN subscriptions s USING (subscription_id) "
         "WHERE n.state = 'pending' AND n.due_at <= $2 AND n.next_attempt_at <= $2 "
         "AND s.active AND s.stopped_at IS NULL AND s.channel = ANY($3::text[]) "

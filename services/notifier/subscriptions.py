@@ -1,13 +1,14 @@
-"""Subscriptions: made, listed, deleted by their owner (or an operator), ended by a signed unsubscribe link."""
+"""Subscriptions: made, changed, listed, deleted by their owner (or an operator), ended by a signed unsubscribe link."""
 
 from __future__ import annotations
 
 import asyncpg
+from pydantic import ValidationError
 
 from services.notifier import storage
 from services.notifier.levels import LevelOrder
-from services.notifier.models import SubscriptionCreated, SubscriptionRequest
-from services.notifier.schedule import zone
+from services.notifier.models import Subscription, SubscriptionChange, SubscriptionCreated, SubscriptionRequest
+from services.notifier.schedule import next_delivery, zone
 from services.notifier.signing import Signer, parse_ids
 from services.notifier.webhooks import check_url, new_secret
 
@@ -24,6 +25,33 @@ class BadLink(ValueError):
     """An unsubscribe link that was not signed by this notifier for these subscriptions."""
 
 
+def checked(
+    levels: LevelOrder, request: SubscriptionRequest, *, allow_http_webhooks: bool = False
+) -> SubscriptionRequest:
+    """The request as it would be kept, or Refused naming the field to change: the time zone known, the level
+    spelled as the mission's configuration spells it (a level that is not the mission's could never match), the
+    mission's ``notify_default_level`` when it names none, the webhook URL acceptable. Creating, changing and
+    previewing a subscription all go through here, so a preview is of what would be kept."""
+    try:
+        zone(request.time_zone)
+    except ValueError as exc:
+        raise Refused("time_zone", str(exc)) from None
+    if request.mission is not None:
+        level = request.min_level or levels.default(request.mission)
+        if level is not None:
+            try:
+                request = request.model_copy(update={"min_level": levels.level(request.mission, level)})
+            except ValueError as exc:
+                raise Refused("min_level", str(exc)) from None
+    if request.webhook_url is not None:
+        try:
+            url = check_url(request.webhook_url, allow_http=allow_http_webhooks)
+        except ValueError as exc:
+            raise Refused("webhook_url", str(exc)) from None
+        request = request.model_copy(update={"webhook_url": url})
+    return request
+
+
 async def subscribe(
     conn: asyncpg.Connection,
     levels: LevelOrder,
@@ -33,30 +61,69 @@ async def subscribe(
     *,
     allow_http_webhooks: bool = False,
 ) -> SubscriptionCreated:
-    """Keep a subscription for ``username`` at ``email``; the level and time zone are checked against the
-    configuration first (a level that is not the mission's could never match). A webhook subscription gets its
-    signing secret here, in the answer and nowhere else: its owner keeps it to verify what the notifier sends."""
-    try:
-        zone(request.time_zone)
-    except ValueError as exc:
-        raise Refused("time_zone", str(exc)) from None
-    if request.min_level is not None and request.mission is not None:
-        try:
-            request = request.model_copy(update={"min_level": levels.level(request.mission, request.min_level)})
-        except ValueError as exc:
-            raise Refused("min_level", str(exc)) from None
+    """Keep a subscription for ``username`` at ``email`` (checked first, :func:`checked`). A webhook subscription
+    gets its signing secret here, in the answer and nowhere else: its owner keeps it to verify what the notifier
+    sends."""
+    request = checked(levels, request, allow_http_webhooks=allow_http_webhooks)
     if "@" not in email:
         raise Refused("email", f"{email!r} is not an email address")
-    secret = None
-    if request.webhook_url is not None:
-        try:
-            url = check_url(request.webhook_url, allow_http=allow_http_webhooks)
-        except ValueError as exc:
-            raise Refused("webhook_url", str(exc)) from None
-        request = request.model_copy(update={"webhook_url": url})
-        secret = new_secret()
+    secret = None if request.webhook_url is None else new_secret()
     made = await storage.insert_subscription(conn, username, email, request, secret)
     return SubscriptionCreated(**made.model_dump(), webhook_secret=secret)
+
+
+async def change(
+    conn: asyncpg.Connection,
+    levels: LevelOrder,
+    username: str,
+    subscription_id: int,
+    body: SubscriptionChange,
+    *,
+    allow_http_webhooks: bool = False,
+) -> SubscriptionCreated | None:
+    """Change the settings of one of ``username``'s subscriptions; None when they have no such subscription.
+
+    The changed settings are checked as a new subscription's are. Notices already waiting keep their due times,
+    unless the frequency changed: then each is due when the new frequency would have made it due when it came
+    (a daily subscription made fast sends what waits at once). A subscription that becomes a webhook gets a new
+    secret, in this answer only; a change of channel or receiver restarts a channel that had stopped.
+    """
+    current = await storage.subscription(conn, subscription_id, username=username, lock=True)
+    if current is None:
+        return None
+    changes = body.changes()
+    merged = current.model_dump(include=set(SubscriptionRequest.model_fields)) | changes
+    if changes.get("channel", current.channel) != "webhook":
+        merged["webhook_url"] = None
+    try:
+        request = SubscriptionRequest.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "body"
+        raise Refused(field, first["msg"].removeprefix("Value error, ")) from None
+    request = checked(levels, request, allow_http_webhooks=allow_http_webhooks)
+    becomes_webhook = request.channel == "webhook" and current.channel != "webhook"
+    secret = new_secret() if becomes_webhook else None
+    restart = request.channel != current.channel or request.webhook_url != current.webhook_url
+    changed = await storage.update_subscription(
+        conn, subscription_id, request, new_secret=secret, clear_secret=request.channel != "webhook", restart=restart
+    )
+    if request.frequency != current.frequency:
+        await reschedule(conn, changed)
+    return SubscriptionCreated(**changed.model_dump(), webhook_secret=secret)
+
+
+async def reschedule(conn: asyncpg.Connection, subscription: Subscription) -> None:
+    """Each waiting notice due when the subscription's (new) frequency would have made it due when it came."""
+    waiting = await storage.waiting_notices(conn, subscription.subscription_id)
+    at = SubscriptionRequest.model_validate(
+        subscription.model_dump(include=set(SubscriptionRequest.model_fields))
+    ).local_time
+    due = {
+        notice_id: next_delivery(subscription.frequency, at, subscription.time_zone, came)
+        for notice_id, came in waiting
+    }
+    await storage.set_due(conn, due)
 
 
 async def unsubscribe(conn: asyncpg.Connection, signer: Signer, ids_text: str, signature: str) -> list[int]:

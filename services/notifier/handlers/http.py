@@ -1,4 +1,5 @@
-"""The notifier's HTTP API: a signed-in person's subscriptions, and the signed links of its emails.
+"""The notifier's HTTP API: a signed-in person's subscriptions, their preview and inbox, and the signed links of
+its emails.
 
 Subscriptions are a person's own: the bearer token is the catalog's, and the catalog's ``/v1/me`` says whose it
 is and at which address they are written to. The signed links (unsubscribe, download everything) work without
@@ -8,14 +9,24 @@ signing in: the signature is the credential, and it names what it may act on.
 from __future__ import annotations
 
 import html
+import json
 import shlex
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from services.notifier import storage, subscriptions
+from services.notifier import preview, storage, subscriptions
 from services.notifier.catalog_client import CatalogClient, CatalogUnavailable
 from services.notifier.levels import LevelOrder
-from services.notifier.models import SubscriptionList, SubscriptionRequest
+from services.notifier.models import (
+    Inbox,
+    InboxNotice,
+    InboxRead,
+    SubscriptionChange,
+    SubscriptionList,
+    SubscriptionRequest,
+)
 from services.notifier.signing import Signer
 from skyport.api.errors import ErrorCode
 from skyport.db import Database
@@ -40,9 +51,15 @@ class NotifierApi:
         levels: LevelOrder,
         *,
         allow_http_webhooks: bool = False,
+        coalesce_window: float = 60.0,
+        fast_per_hour: int = 6,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
         self.allow_http_webhooks = allow_http_webhooks
+        self.coalesce_window = coalesce_window
+        self.fast_per_hour = fast_per_hour
+        self.clock = clock
         self.catalog = catalog
         self.signer = signer
         self.levels = levels
@@ -51,7 +68,11 @@ class NotifierApi:
         app = web.Application(middlewares=[json_errors(_translate), refuse_nul], client_max_size=64 * 1024)
         app.router.add_get("/v1/subscriptions", self.list)
         app.router.add_post("/v1/subscriptions", self.create)
+        app.router.add_post("/v1/subscriptions/preview", self.preview)
+        app.router.add_patch("/v1/subscriptions/{subscription_id}", self.change)
         app.router.add_delete("/v1/subscriptions/{subscription_id}", self.delete)
+        app.router.add_get("/v1/inbox", self.inbox)
+        app.router.add_post("/v1/inbox/read", self.mark_read)
         app.router.add_get("/v1/unsubscribe", self.unsubscribe_page)
         app.router.add_post("/v1/unsubscribe", self.unsubscribe)
         app.router.add_get("/v1/notices/{message_key}/download-script", self.download_script)
@@ -81,12 +102,69 @@ class NotifierApi:
             )
         return web.json_response(text=made.model_dump_json(), status=201)
 
+    async def change(self, request: web.Request) -> web.Response:
+        """Change one's own subscription's settings; another person's is answered as if it did not exist."""
+        username, _ = await self._signed_in(request)
+        subscription_id = _subscription_id(request)
+        body = await json_body(request, SubscriptionChange)
+        async with self.db.transaction() as conn:
+            changed = await subscriptions.change(
+                conn, self.levels, username, subscription_id, body, allow_http_webhooks=self.allow_http_webhooks
+            )
+        if changed is None:
+            raise ApiError(404, "you have no such subscription")
+        return web.json_response(text=changed.model_dump_json())
+
+    async def preview(self, request: web.Request) -> web.Response:
+        """What a subscription (the body of a create) would have sent over the last 30 days; nothing is kept."""
+        username, _ = await self._signed_in(request)
+        body = await json_body(request, SubscriptionRequest)
+        wanted = subscriptions.checked(self.levels, body, allow_http_webhooks=self.allow_http_webhooks)
+        async with self.db.transaction() as conn:
+            answer = await preview.preview(
+                conn,
+                self.catalog,
+                self.levels,
+                username,
+                wanted,
+                now=self.clock(),
+                coalesce_window=self.coalesce_window,
+                fast_per_hour=self.fast_per_hour,
+            )
+        return web.json_response(text=answer.model_dump_json())
+
+    async def inbox(self, request: web.Request) -> web.Response:
+        """One's in-page notices, newest first, ``limit`` at a time (``before``: the last id of the previous page)."""
+        username, _ = await self._signed_in(request)
+        limit = _query_int(request, "limit", 50, 1, 200) or 50
+        before = _query_int(request, "before", None, 1, 2**63 - 1)
+        async with self.db.transaction() as conn:
+            rows = await storage.inbox(conn, username, limit, before)
+            unread = await storage.unread(conn, username)
+        notices = [
+            InboxNotice(
+                id=row["inbox_id"],
+                created_at=row["created_at"],
+                read=row["read_at"] is not None,
+                subject=row["subject"],
+                subscription_id=row["subscription_id"],
+                **json.loads(row["content"]),
+            )
+            for row in rows
+        ]
+        return web.json_response(text=Inbox(notices=notices, unread=unread).model_dump_json())
+
+    async def mark_read(self, request: web.Request) -> web.Response:
+        username, _ = await self._signed_in(request)
+        body = await json_body(request, InboxRead)
+        async with self.db.transaction() as conn:
+            marked = await storage.mark_read(conn, username, None if body.all else body.ids, self.clock())
+            unread = await storage.unread(conn, username)
+        return web.json_response({"marked": marked, "unread": unread})
+
     async def delete(self, request: web.Request) -> web.Response:
         username, _ = await self._signed_in(request)
-        try:
-            subscription_id = int(request.match_info["subscription_id"])
-        except ValueError:
-            raise ApiError(400, "subscription_id must be a number", parameter="subscription_id") from None
+        subscription_id = _subscription_id(request)
         async with self.db.transaction() as conn:
             if not await storage.delete_subscription(conn, subscription_id, username):
                 raise ApiError(404, "you have no such subscription")
@@ -135,6 +213,26 @@ class NotifierApi:
                 name = shlex.quote(f"{f['archive_id']}.v{f['version']}.fits")
                 lines.append(f"curl -fL {auth} -o {name} {shlex.quote(f['url'])}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/x-shellscript")
+
+
+def _subscription_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["subscription_id"])
+    except ValueError:
+        raise ApiError(400, "subscription_id must be a number", parameter="subscription_id") from None
+
+
+def _query_int(request: web.Request, name: str, default: int | None, lowest: int, highest: int) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number", parameter=name) from None
+    if not lowest <= value <= highest:
+        raise ApiError(400, f"{name} must be from {lowest} to {highest}", parameter=name)
+    return value
 
 
 def _page(status: int, title: str, body: str = "") -> web.Response:

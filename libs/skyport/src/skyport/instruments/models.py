@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import astropy.units as u
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -466,6 +466,11 @@ class Mission(_Frozen):
     name: str = Field(description="e.g. 'KECK', 'JWST'")
     description: str = ""
     levels: tuple[str, ...] = Field(description="Processing levels, lowest first: KECK 0, 1, 2; JWST 1b, 2a, 2b, 3.")
+    notify_default_level: str | None = Field(
+        default=None,
+        description="The notifier's 'this level or above' for a subscription that names no level (JWST: 2b, as "
+        "MAST's notices are for science files at 2b and above); none: every level.",
+    )
     release: ReleaseRule
     night: NightRule = Field(
         default=DEFAULT_RULE,
@@ -489,6 +494,12 @@ class Mission(_Frozen):
         if len({level.casefold() for level in value}) != len(value):
             raise ValueError("levels must be distinct")
         return value
+
+    @model_validator(mode="after")
+    def _default_level_is_a_level(self) -> Self:
+        if self.notify_default_level is not None:
+            self.level_index(self.notify_default_level)
+        return self
 
     def level_index(self, level: str) -> int:
         """The level's rank in the mission's order; ValueError with the known levels if it is not one."""
