@@ -58,6 +58,7 @@ async def lifespan(ctx: ServiceContext[GatewaySettings]) -> AsyncIterator[None]:
             queue_limit=settings.gateway_queue_limit,
             heartbeat=settings.gateway_heartbeat,
             public_url=settings.gateway_public_url,
+            notifier_url=settings.gateway_notifier_url,
         )
         try:
             async with ctx.serve_http(api.app(), settings.gateway_host, settings.gateway_port, api="gateway"):

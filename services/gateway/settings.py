@@ -1,4 +1,4 @@
-"""The gateway's settings: where it serves, where the catalog is, and how patient it is with clients."""
+"""The gateway's settings: where it serves, where the catalog and the notifier are, how patient it is."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ class GatewaySettings(CommonSettings):
     )
     gateway_catalog_url: str = Field(
         default="http://localhost:8082", description="The catalog API as the gateway reaches it."
+    )
+    gateway_notifier_url: str | None = Field(
+        default=None,
+        description="The notifier API as the gateway reaches it (e.g. http://localhost:8084): the page's "
+        "subscriptions and inbox, and the links in the notifier's emails, go through the gateway to it. Unset: "
+        "those paths answer 503 (notifications are not configured).",
     )
     gateway_catalog_token: SecretStr = Field(
         description="An administrator's catalog token, with which the gateway follows every change in the catalog "
@@ -50,7 +56,13 @@ class GatewaySettings(CommonSettings):
 
     _catalog_token = field_validator("gateway_catalog_token")(required_secret)
 
-    @field_validator("gateway_catalog_url", "gateway_public_url")
+    @field_validator("gateway_notifier_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``SKYPORT_GATEWAY_NOTIFIER_URL=`` (as compose writes an unset variable) means no notifier."""
+        return None if value == "" else value
+
+    @field_validator("gateway_catalog_url", "gateway_public_url", "gateway_notifier_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

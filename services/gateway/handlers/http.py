@@ -40,8 +40,9 @@ log = structlog.get_logger("skyport.gateway")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 _MAX_TOKEN = 512
 _PROGRAM = re.compile(r"^([A-Za-z0-9_.-]{1,64})/([A-Za-z0-9_.-]{1,64})$")
-# The catalog's user API, forwarded as it is: (method, path pattern).
-_FORWARDED = (
+# The catalog's user API, forwarded as it is: (method, path pattern). Only these: the catalog's other endpoints
+# (administration, the change feed) are not the page's.
+_CATALOG = (
     ("GET", re.compile(r"^/v1/me$")),
     ("GET", re.compile(r"^/v1/nights$")),
     ("GET", re.compile(r"^/v1/products(/[^/]+)?$")),
@@ -51,6 +52,18 @@ _FORWARDED = (
     ("DELETE", re.compile(r"^/v1/programs/[^/]+/[^/]+/members/[^/]+$")),
     ("POST", re.compile(r"^/v1/programs/[^/]+/[^/]+/release$")),
 )
+# Where each path goes: a prefix and everything below it to the service named (the catalog answers the rest).
+# All of the notifier's HTTP API is for people (subscriptions, the inbox) or for the links in its emails
+# (unsubscribe, a notice's download script), so it is forwarded whole and answers its own 404s and 405s.
+_UPSTREAM_OF_PREFIX = (
+    ("/v1/subscriptions", "notifier"),
+    ("/v1/unsubscribe", "notifier"),
+    ("/v1/inbox", "notifier"),
+    ("/v1/notices", "notifier"),
+)
+_UNCONFIGURED = {
+    "notifier": "notifications are not configured on this gateway (its SKYPORT_GATEWAY_NOTIFIER_URL is unset)"
+}
 # The gateway's own routes, for the Allow header of a 405 (the catch-all route below sees their other methods).
 _OWN = (("POST", re.compile(r"^/v1/tickets$")), ("GET", re.compile(r"^/v1/stream$")))
 _REQUEST_HEADERS = ("Range", "If-Range", "Content-Type", "Accept")
@@ -64,6 +77,7 @@ _RESPONSE_HEADERS = (
     "ETag",
     "Last-Modified",
     "WWW-Authenticate",
+    "Allow",
 )
 _PAGE_POLICY = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; "
@@ -93,6 +107,7 @@ class GatewayApi:
         queue_limit: int,
         heartbeat: float,
         public_url: str | None = None,
+        notifier_url: str | None = None,
     ) -> None:
         self.client = client
         self.hub = hub
@@ -102,6 +117,7 @@ class GatewayApi:
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
         self.public_url = public_url
+        self.notifier_url = notifier_url
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[security_headers, json_errors(), refuse_nul], client_max_size=1 << 20)
@@ -276,16 +292,35 @@ class GatewayApi:
         for stream in list(self.hub.streams):
             stream.close(1001, "the gateway is shutting down; reconnect with your cursor")
 
-    # --- the catalog's user API, forwarded ------------------------------------------------------------------
+    # --- the catalog's and the notifier's user APIs, forwarded ------------------------------------------------
+
+    def _upstream(self, request: web.Request) -> tuple[str, str]:
+        """The service that answers this request (its name and address); the gateway's refusal when none does."""
+        method, path = request.method, request.path
+        name = next((name for prefix, name in _UPSTREAM_OF_PREFIX if _below(path, prefix)), "catalog")
+        if name == "catalog" and not any(method == m and pattern.match(path) for m, pattern in _CATALOG):
+            allowed = sorted({m for m, pattern in (*_CATALOG, *_OWN) if pattern.match(path)})
+            if not allowed:
+                raise ApiError(404, f"no such endpoint: {method} {path}")
+            # RFC 9110: a 405 lists the methods the resource has.
+            raise ApiError(405, f"no {method} {path} here", headers={"Allow": ", ".join(allowed)})
+        base_url = self._address_of(name)
+        if base_url is None:
+            raise ApiError(503, _UNCONFIGURED.get(name, f"no {name} is configured"), code=ErrorCode.UNAVAILABLE)
+        return name, base_url
+
+    def _address_of(self, upstream: str) -> str | None:
+        """Where a service of the table is reached; None for one this deployment has not."""
+        return {"catalog": self.client.base_url, "notifier": self.notifier_url}.get(upstream)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        """Pass a request to the service that answers it, and its answer back, with only the headers both need.
+
+        The user's token goes on as it came (the upstream decides what it allows); a download's ticket is
+        redeemed here and becomes the token, so no upstream ever sees tickets.
+        """
+        name, base_url = self._upstream(request)
         path = request.path
-        if not any(method == request.method and pattern.match(path) for method, pattern in _FORWARDED):
-            allowed = sorted({method for method, pattern in (*_FORWARDED, *_OWN) if pattern.match(path)})
-            if not allowed:
-                raise ApiError(404, f"no such endpoint: {request.method} {path}")
-            # RFC 9110: a 405 lists the methods the resource has.
-            raise ApiError(405, f"no {request.method} {path} here", headers={"Allow": ", ".join(allowed)})
         token = self._bearer(request)
         query = [(k, v) for k, v in request.query.items() if k != "ticket"]
         if token is None and "ticket" in request.query and path.startswith("/v1/files/"):
@@ -297,7 +332,7 @@ class GatewayApi:
             headers["Authorization"] = f"Bearer {token}"
         body = await request.read() if request.can_read_body else None
         try:
-            url = self.client.base_url + request.rel_url.raw_path
+            url = base_url + request.rel_url.raw_path
             async with self.client.session.request(
                 request.method, url, params=query, headers=headers, data=body
             ) as upstream:
@@ -311,8 +346,8 @@ class GatewayApi:
                 await response.write_eof()
                 return response
         except aiohttp.ClientError as exc:
-            log.warning("the catalog did not answer a forwarded request", path=path, error=repr(exc))
-            raise ApiError(502, "the catalog is unavailable; try again in a moment") from None
+            log.warning("a forwarded request was not answered", upstream=name, path=path, error=repr(exc))
+            raise ApiError(502, f"the {name} is unavailable; try again in a moment") from None
 
     def _forwarded(self, request: web.Request) -> str:
         """RFC 7239's ``Forwarded`` for the catalog: the gateway's public address, or the one this request came to."""
@@ -321,6 +356,11 @@ class GatewayApi:
         else:
             scheme, host = request.scheme, request.host
         return f'host="{host}";proto={scheme}'
+
+
+def _below(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or under it (``/v1/inbox/read`` is, ``/v1/inboxes`` is not)."""
+    return path == prefix or path.startswith(prefix + "/")
 
 
 class _Heard:
