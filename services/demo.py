@@ -1,10 +1,15 @@
 """``python -m services.demo`` (``make demo``): Skyport's whole flow in one process, with a simulated night.
 
-Every service runs in this process: monitor, receiver, ingestor, catalog and gateway. By default on the
-in-process bus and an embedded PostgreSQL kept under ``var/demo`` (nothing to install but Python); with
+Every service runs in this process: monitor, receiver, ingestor, catalog, notifier and gateway. By default on
+the in-process bus and an embedded PostgreSQL kept under ``var/demo`` (nothing to install but Python); with
 ``SKYPORT_BUS_URL`` and ``SKYPORT_DATABASE_URL`` set, on RabbitMQ and PostgreSQL instead. The demo creates a
-program with a PI and a collaborator-to-be, prints the observer page's address and their sign-in tokens,
-writes a simulated night of FITS files into the monitor's folders, and shows progress until Ctrl-C.
+program with a PI and a collaborator-to-be, subscribes the PI to the program's notices (fast, by email), prints
+the observer page's address and their sign-in tokens, writes a simulated night of FITS files into the monitor's
+folders, and shows progress until Ctrl-C.
+
+The notifier's email goes to the demo's own mailbox (:mod:`services.mailbox`, in this process): an SMTP server
+that keeps each message as an .eml file under ``var/demo/mail`` and a page that lists and shows them, so a new
+user reads the emails Skyport sends without a mail server of their own.
 
 This module composes services; it is not one (no service imports it). It builds each service's settings and
 passes them to the runtime; it never writes into ``os.environ``. Its values are defaults: a ``SKYPORT_*``
@@ -33,7 +38,11 @@ from services.catalog import cli as catalog
 from services.catalog.settings import CatalogSettings
 from services.gateway.settings import GatewaySettings
 from services.ingestor.settings import IngestorSettings
+from services.mailbox import serve as serve_mailbox
 from services.monitor.settings import MonitorSettings
+from services.notifier import cli as notifier
+from services.notifier.levels import LevelOrder
+from services.notifier.settings import NotifierSettings
 from services.receiver.settings import ReceiverSettings
 from services.receiver.storage import SiteStore
 from skyport.cli import load_service
@@ -49,7 +58,7 @@ from skyport.simulator.cli import parse_size
 REPO = Path(__file__).resolve().parents[1]
 # Started in this order and stopped in the reverse: the monitor, the source of everything, starts once the
 # receiver listens (its first files are not retried for nothing) and stops first.
-SERVICES = ("receiver", "ingestor", "catalog", "gateway", "monitor")
+SERVICES = ("receiver", "ingestor", "catalog", "notifier", "gateway", "monitor")
 MISSION = "KECK"
 PROPID = "2026B_D042"
 # Seconds between progress lines when the output is not a terminal (on a terminal, one line is rewritten in place).
@@ -61,15 +70,17 @@ class Accounts:
     pi: str
     collaborator: str
     gateway: str
+    notifier: str
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m services.demo",
-        description="Skyport's whole flow in one process (make demo): monitor, receiver, ingestor, catalog and "
-        "gateway on the in-process bus and an embedded PostgreSQL, a simulated night of FITS files, and the "
-        "observer page. Set SKYPORT_BUS_URL and SKYPORT_DATABASE_URL to use RabbitMQ and PostgreSQL instead. "
-        "Started again, the demo continues the night where its files stop.",
+        description="Skyport's whole flow in one process (make demo): monitor, receiver, ingestor, catalog, "
+        "notifier and gateway on the in-process bus and an embedded PostgreSQL, a simulated night of FITS files, "
+        "the observer page, and a mailbox page with the emails the notifier sent. Set SKYPORT_BUS_URL and "
+        "SKYPORT_DATABASE_URL to use RabbitMQ and PostgreSQL instead. Started again, the demo continues the night "
+        "where its files stop.",
         epilog="From make: make demo DEMO_ARGS='--fresh --rate 1 --size 10MB'",
     )
     parser.add_argument("--home", type=Path, default=REPO / "var" / "demo", help="where the demo keeps everything")
@@ -79,6 +90,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, help="stop writing after this many files (default: until Ctrl-C)")
     parser.add_argument("--seed", type=int, help="the simulator's seed (default: a new one each run)")
     parser.add_argument("--port", type=int, default=8083, help="the observer page's port (default 8083)")
+    parser.add_argument(
+        "--mail-port", type=int, default=8085, help="the port of the page of the emails sent (default 8085)"
+    )
     return parser.parse_args(argv)
 
 
@@ -105,6 +119,7 @@ class ServiceSettings:
     receiver: ReceiverSettings
     ingestor: IngestorSettings
     catalog: CatalogSettings
+    notifier: NotifierSettings
     gateway: GatewaySettings
     monitor: MonitorSettings
 
@@ -113,9 +128,20 @@ class ServiceSettings:
         return {name: getattr(self, name) for name in SERVICES}
 
 
-def service_settings(home: Path, port: int, *, site_token: str, gateway_token: str) -> ServiceSettings:
-    """Each service's settings, by name: the demo's values where the environment sets nothing, and the
-    credentials made at this start (``site_token``, ``gateway_token``) whatever the environment says."""
+def service_settings(
+    home: Path,
+    port: int,
+    *,
+    site_token: str,
+    gateway_token: str,
+    notifier_token: str,
+    signing_secret: str,
+    smtp_port: int,
+) -> ServiceSettings:
+    """Each service's settings, by name: the demo's values where the environment sets nothing, and what the demo
+    made itself (the credentials of this start, the notifier's signing secret, its mailbox's SMTP port) whatever
+    the environment says: the notifier's email goes to the demo's mailbox, never to a server the environment
+    names for another purpose."""
     common = _common_defaults(home)
     instruments = REPO / "deploy" / "instruments"
     receiver = load_settings(
@@ -137,6 +163,26 @@ def service_settings(home: Path, port: int, *, site_token: str, gateway_token: s
     catalog_port = load_settings(CatalogSettings, catalog_defaults).catalog_port
     catalog = load_settings(
         CatalogSettings, {**catalog_defaults, "catalog_public_url": f"http://127.0.0.1:{catalog_port}"}
+    )
+    notifier_defaults = {
+        **common,
+        "instruments_dir": instruments,
+        "notifier_host": "127.0.0.1",
+        "notifier_port": 8084,
+        "notifier_catalog_url": catalog.catalog_public_url,
+        # A short window, so that a new user sees a second email within the minute rather than the hour.
+        "notifier_coalesce_window": 20.0,
+        "notifier_poll_interval": 0.5,
+    }
+    made = _notifier_made(notifier_token, signing_secret, smtp_port)
+    # Its links follow its port, as the catalog's address does: the port first (the link's value a placeholder).
+    notifier_port = load_settings(
+        NotifierSettings, {**notifier_defaults, "notifier_public_url": "http://127.0.0.1"}, overrides=made
+    ).notifier_port
+    notifier = load_settings(
+        NotifierSettings,
+        {**notifier_defaults, "notifier_public_url": f"http://127.0.0.1:{notifier_port}"},
+        overrides=made,
     )
     gateway = load_settings(
         GatewaySettings,
@@ -161,18 +207,44 @@ def service_settings(home: Path, port: int, *, site_token: str, gateway_token: s
         },
         overrides={"site_token": SecretStr(site_token)},
     )
-    return ServiceSettings(receiver, ingestor, catalog, gateway, monitor)
+    return ServiceSettings(receiver, ingestor, catalog, notifier, gateway, monitor)
+
+
+def _notifier_made(token: str, signing_secret: str, smtp_port: int) -> dict[str, Any]:
+    """The notifier's settings that only the demo knows: its catalog token, its secret, its mailbox."""
+    return {
+        "notifier_catalog_token": SecretStr(token),
+        "notifier_signing_secret": SecretStr(signing_secret),
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_port,
+        "smtp_security": "none",
+        "smtp_username": None,
+        "smtp_password": None,
+        "mail_from": "Skyport demo <skyport@localhost>",
+    }
+
+
+def signing_secret(home: Path) -> str:
+    """The notifier's signing secret, made at the first start and kept under ``home``: the unsubscribe links of
+    the emails already in the mailbox keep working when the demo starts again."""
+    path = home / "notifier" / "signing-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
 
 def _make_folders(home: Path) -> None:
-    for folder in ("observatory", "monitor", "staging", "archive"):
+    for folder in ("observatory", "monitor", "staging", "archive", "mail"):
         (home / folder).mkdir(parents=True, exist_ok=True)
 
 
 async def _prepare(common: CommonSettings) -> tuple[Accounts, str]:
-    """Migrate every schema, then the demo's site, program, people and tokens (fresh tokens every run).
+    """Migrate every schema, then the demo's site, program, people and tokens (fresh tokens every run), and the
+    PI's subscription to the program.
 
-    Returns the people's and the gateway's tokens, and the site's credential.
+    Returns the people's, the gateway's and the notifier's tokens, and the site's credential.
     """
 
     for name in SERVICES:
@@ -188,6 +260,7 @@ async def _prepare(common: CommonSettings) -> tuple[Accounts, str]:
     db = await Database.connect(common.database_url, "catalog", max_size=2)
     try:
         await catalog.add_user(db, "gateway", display_name="The gateway's service account", admin=True)
+        await catalog.add_user(db, "notifier", display_name="The notifier's service account", admin=True)
         await catalog.add_user(db, "alice", display_name="Alice (PI)", email="alice@example.org")
         await catalog.add_user(db, "bob", display_name="Bob (collaborator)", email="bob@example.org")
         await catalog.add_program(db, MISSION, PROPID, title="Skyport demo: a night on Maunakea", pi="alice")
@@ -195,10 +268,28 @@ async def _prepare(common: CommonSettings) -> tuple[Accounts, str]:
             pi=await catalog.issue_token(db, "alice", label="demo"),
             collaborator=await catalog.issue_token(db, "bob", label="demo"),
             gateway=await catalog.issue_token(db, "gateway", label="demo"),
+            notifier=await catalog.issue_token(db, "notifier", label="demo"),
         )
     finally:
         await db.close()
+    await _subscribe_the_pi(common)
     return accounts, site_token
+
+
+async def _subscribe_the_pi(common: CommonSettings) -> None:
+    """Alice, the PI, told of everything in her program as it happens (fast, email, every trigger): a new user
+    sees emails arrive while the night runs. Once: a restarted demo finds her subscription there."""
+    db = await Database.connect(common.database_url, "notifier", max_size=1)
+    try:
+        mine = await notifier.list_subscriptions(db, "alice")
+        if any(s.active and (s.mission, s.propid) == (MISSION, PROPID) for s in mine):
+            return
+        levels = LevelOrder.of(load_instruments(REPO / "deploy" / "instruments"))
+        await notifier.subscribe(
+            db, levels, "alice", "alice@example.org", mission=MISSION, propid=PROPID, frequency="fast"
+        )
+    finally:
+        await db.close()
 
 
 async def _wait_until_up(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> bool:
@@ -212,7 +303,9 @@ async def _wait_until_up(http: aiohttp.ClientSession, url: str, stop: asyncio.Ev
     return False
 
 
-async def _night(args: argparse.Namespace, accounts: Accounts, settings: ServiceSettings, stop: asyncio.Event) -> None:
+async def _night(
+    args: argparse.Namespace, accounts: Accounts, settings: ServiceSettings, mail_page: str, stop: asyncio.Event
+) -> None:
     """Wait for the services, print how to sign in, write the night, and show progress."""
 
     monitor = settings.monitor
@@ -227,6 +320,8 @@ async def _night(args: argparse.Namespace, accounts: Accounts, settings: Service
             f"  Sign in as the PI (alice):          {accounts.pi}\n"
             f"  or as bob (the PI can add him):     {accounts.collaborator}\n"
             f"  Program {MISSION}/{PROPID}; the night's files go to {monitor.watch_root}\n"
+            f"  Emails Skyport sent: {mail_page} (alice is subscribed to the program; .eml files in "
+            f"{args.home / 'mail'})\n"
             f"  Ctrl-C stops.\n",
             flush=True,
         )
@@ -294,18 +389,27 @@ async def _night(args: argparse.Namespace, accounts: Accounts, settings: Service
 async def _main(args: argparse.Namespace, common: CommonSettings) -> None:
 
     accounts, site_token = await _prepare(common)
-    settings = service_settings(args.home, args.port, site_token=site_token, gateway_token=accounts.gateway)
-    stop = asyncio.Event()
-    specs = [load_service(name) for name in SERVICES]
-    services = asyncio.create_task(run_services(specs, stop=stop, settings=settings.by_name(), common=common))
-    night = asyncio.create_task(_night(args, accounts, settings, stop))
-    done, _ = await asyncio.wait({services, night}, return_when=asyncio.FIRST_COMPLETED)
-    if night in done and night.exception() is not None:
-        stop.set()
-    await services  # until Ctrl-C (or a service's failure), then a clean stop
-    night.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await night
+    async with serve_mailbox(args.home / "mail", http_port=args.mail_port) as mailbox:
+        settings = service_settings(
+            args.home,
+            args.port,
+            site_token=site_token,
+            gateway_token=accounts.gateway,
+            notifier_token=accounts.notifier,
+            signing_secret=signing_secret(args.home),
+            smtp_port=mailbox.smtp_port,
+        )
+        stop = asyncio.Event()
+        specs = [load_service(name) for name in SERVICES]
+        services = asyncio.create_task(run_services(specs, stop=stop, settings=settings.by_name(), common=common))
+        night = asyncio.create_task(_night(args, accounts, settings, mailbox.page_url, stop))
+        done, _ = await asyncio.wait({services, night}, return_when=asyncio.FIRST_COMPLETED)
+        if night in done and night.exception() is not None:
+            stop.set()
+        await services  # until Ctrl-C (or a service's failure), then a clean stop
+        night.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await night
     print("Skyport demo stopped.")
 
 

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import hashlib
+import html
+import json
 import os
 import re
 import signal
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
 
+from services.demo import PROPID
 from tests.support.flow import REPO, free_port
+from tests.support.waiting import eventually
+
+
+def _first_email(folder: Path) -> EmailMessage | None:
+    """The first message the demo's mailbox kept, parsed; None while there is none."""
+    files = sorted(folder.glob("*.eml"))
+    if not files:
+        return None
+    message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
 
 
 async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: Path) -> None:
@@ -21,13 +38,16 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
         SKYPORT_RECEIVER_PORT=str(free_port()),
         SKYPORT_CATALOG_PORT=str(free_port()),
     )
+    env.update(SKYPORT_NOTIFIER_PORT=str(free_port()))
     port = free_port()
+    mail_port = free_port()
+    home = tmp_path / "demo"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.demo",
         "--home",
-        str(tmp_path / "demo"),
+        str(home),
         "--count",
         "3",
         "--rate",
@@ -36,6 +56,8 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
         "200KB",
         "--port",
         str(port),
+        "--mail-port",
+        str(mail_port),
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -55,6 +77,8 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
 
     try:
         token = (await asyncio.wait_for(read_until(r"Sign in as the PI \(alice\):\s+(\S+)"), 120)).group(1)
+        mail_page = (await asyncio.wait_for(read_until(r"Emails Skyport sent: (\S+)"), 10)).group(1)
+        assert mail_page == f"http://127.0.0.1:{mail_port}/mail/"
         await asyncio.wait_for(read_until(r"3 files written, 3 in the catalog"), 120)
         # Not a terminal: progress is a line now and then (and one when the night is catalogued), not every second.
         assert sum("files written" in line for line in output) <= 2, "".join(output)
@@ -70,6 +94,24 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
                 while "live" not in kinds:
                     kinds.append((await asyncio.wait_for(ws.receive_json(), 30))["type"])
         assert kinds.count("file") >= 3
+        # Alice is subscribed to her program (fast): the night's first files reach her as an email in the mailbox.
+        await eventually(lambda: _first_email(home / "mail") is not None, timeout=60, what="an email in the mailbox")
+        message = _first_email(home / "mail")
+        assert message is not None
+        assert message["To"] == "alice@example.org"
+        [attachment] = [p for p in message.iter_attachments() if p.get_filename() == "skyport-notice.json"]
+        assert {notice["propid"] for notice in json.loads(attachment.get_content())["notices"]} == {PROPID}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(mail_page) as response:
+                assert response.status == 200
+                listing = await response.text()
+            name = next(iter(sorted((home / "mail").glob("*.eml")))).name
+            assert f'href="/mail/{name}"' in listing
+            assert html.escape(str(message["Subject"])) in listing
+            async with http.get(f"{mail_page}{name}") as response:
+                shown = await response.text()
+            assert "skyport-notice.json" in shown
+            assert '<iframe sandbox=""' in shown  # the email's HTML part, which can run nothing
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(read_until(r"Skyport demo stopped"), 60)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
@@ -97,6 +139,8 @@ class Demo:
             "--home",
             str(self.home),
             "--port",
+            str(free_port()),
+            "--mail-port",
             str(free_port()),
             *args,
             cwd=REPO,
@@ -141,7 +185,11 @@ def night_files(home: Path) -> dict[str, str]:
 
 async def test_a_restarted_demo_continues_the_night_and_rewrites_nothing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYPORT_")}
-    env.update(SKYPORT_RECEIVER_PORT=str(free_port()), SKYPORT_CATALOG_PORT=str(free_port()))
+    env.update(
+        SKYPORT_RECEIVER_PORT=str(free_port()),
+        SKYPORT_CATALOG_PORT=str(free_port()),
+        SKYPORT_NOTIFIER_PORT=str(free_port()),
+    )
     demo = Demo(tmp_path / "demo", env)
     try:
         await demo.start("--count", "3", "--rate", "4", "--size", "100KB")
