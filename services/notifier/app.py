@@ -37,7 +37,8 @@ class Parts:
 def parts(settings: NotifierSettings) -> Parts:
     levels = LevelOrder.of(load_instruments(settings.instruments_dir))
     signer = Signer(settings.notifier_signing_secret.get_secret_value(), settings.notifier_public_url)
-    return Parts(levels, signer, Composer(signer, settings.mail_from, settings.notifier_listed_files), Matcher(levels))
+    composer = Composer(signer, settings.mail_from, settings.notifier_listed_files, settings.notifier_page_url)
+    return Parts(levels, signer, composer, Matcher(levels))
 
 
 def deliverer(

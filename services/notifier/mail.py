@@ -113,8 +113,9 @@ def subject_of(kind: str, sections: Sequence[Section]) -> str:
 class Composer:
     """Builds the email of one delivery."""
 
-    def __init__(self, signer: Signer, mail_from: str, listed_files: int) -> None:
+    def __init__(self, signer: Signer, mail_from: str, listed_files: int, page_url: str | None = None) -> None:
         self.signer = signer
+        self.page_url = (page_url or signer.public_url).rstrip("/")
         self.mail_from = mail_from
         self.listed_files = listed_files
         self.domain = urlsplit(signer.public_url).hostname or "skyport.invalid"
@@ -130,6 +131,10 @@ class Composer:
     def message_id(self, message_key: str) -> str:
         """The same notices claimed again after a crash go out under the same id: a duplicate is recognisable."""
         return f"<{message_key}@{self.domain}>"
+
+    def edit_url(self, subscription_id: int) -> str:
+        """The page's edit form of one subscription (the person signs in there; the link itself grants nothing)."""
+        return f"{self.page_url}/#/subscriptions/{subscription_id}"
 
     @staticmethod
     def attachment(items: Sequence[NoticeItem]) -> dict[str, Any]:
@@ -151,7 +156,12 @@ class Composer:
             "download_url": self.signer.download_url(message_key),
             "unsubscribe_url": unsubscribe,
             "subscriptions": [
-                {"what": s.what, "frequency": s.frequency, "unsubscribe_url": self.signer.unsubscribe_url([i])}
+                {
+                    "what": s.what,
+                    "frequency": s.frequency,
+                    "unsubscribe_url": self.signer.unsubscribe_url([i]),
+                    "edit_url": self.edit_url(i),
+                }
                 for i, s in sorted(subscriptions.items())
             ],
         }

@@ -17,6 +17,11 @@ class NotifierSettings(CommonSettings):
         description="The notifier's API as people reach it (through the gateway's one address in production): "
         "unsubscribe and download-everything links in emails start with it. Required.",
     )
+    notifier_page_url: str | None = Field(
+        default=None,
+        description="The web page as people reach it, for the 'edit this subscription' link of each email "
+        "(<page>/#/subscriptions/<id>). Default: notifier_public_url, the gateway's one address that serves both.",
+    )
     notifier_catalog_url: str = Field(
         default="http://localhost:8082", description="The catalog API as the notifier reaches it."
     )
@@ -95,9 +100,11 @@ class NotifierSettings(CommonSettings):
             raise ValueError("must be at least 32 characters")
         return value
 
-    @field_validator("notifier_public_url", "notifier_catalog_url")
+    @field_validator("notifier_public_url", "notifier_catalog_url", "notifier_page_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, not {value!r}")
         return value.rstrip("/")

@@ -85,6 +85,13 @@ class World:
     async def rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await self.notifier_db.pool.fetch(query, *args))
 
+    async def call(self, method: str, path: str, who: str, body: Any = None) -> tuple[int, Any]:
+        """The notifier's API as ``who`` calls it: the status and the JSON answer (None when there is none)."""
+        response = await self.notifier.request(
+            method, path, json=body, headers={"Authorization": f"Bearer {self.tokens[who]}"}
+        )
+        return response.status, (await response.json() if response.content_length != 0 else None)
+
     async def subscribe(self, who: str, **body: Any) -> dict[str, Any]:
         response = await self.notifier.post(
             "/v1/subscriptions", json=body, headers={"Authorization": f"Bearer {self.tokens[who]}"}
@@ -145,7 +152,15 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
                     )
                 )
                 loop = asyncio.create_task(deliverer.run())
-                server = TestClient(TestServer(NotifierApi(ndb, client, made.signer, made.levels).app()))
+                api_app = NotifierApi(
+                    ndb,
+                    client,
+                    made.signer,
+                    made.levels,
+                    coalesce_window=settings.notifier_coalesce_window,
+                    fast_per_hour=settings.notifier_fast_per_hour,
+                ).app()
+                server = TestClient(TestServer(api_app))
                 await server.start_server()
                 try:
                     yield World(unique, propid, catalog, api, ndb, server, deliverer, box, settings, client, tokens)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -81,6 +81,15 @@ async def notices_of(world: World, subscription_id: int) -> int:
     return int(rows[0]["n"])
 
 
+def recorded(world: World, subscription_id: int) -> Callable[[], Awaitable[bool]]:
+    """A condition for ``eventually``: the subscription has a notice."""
+
+    async def condition() -> bool:
+        return await notices_of(world, subscription_id) > 0
+
+    return condition
+
+
 async def attempts_of(world: World, subscription_id: int) -> list[tuple[str, int | None]]:
     rows = await world.rows(
         "SELECT outcome, http_status FROM delivery_attempts WHERE channel = 'webhook' AND $1 = ANY(subscription_ids) "
@@ -108,7 +117,7 @@ async def test_a_receiver_that_fails_three_times_then_succeeds_receives_the_noti
     loop = world.new_deliverer(clock=clock, webhooks=sender, max_attempts=5)
     data = archived(f"HI.{world.unique}.w1", propid=world.propid)
     await world.catalog.publish(data)
-    await eventually(lambda: notices_of(world, made.subscription_id), what="the notice recorded")
+    await eventually(recorded(world, made.subscription_id), what="the notice recorded")
 
     # 1: nobody listens yet (connection refused): our own back-off, 60 s after the first failure.
     assert await loop.deliver_due() == 1
@@ -170,7 +179,7 @@ async def test_a_410_stops_the_channel_and_says_so(world: World, sender: Webhook
         witness = await world.subscribe("alice", mission="KECK", propid=world.propid, triggers=["new"])
         loop = world.new_deliverer(clock=Clock(), webhooks=sender, max_attempts=5)
         await world.catalog.publish(archived(f"HI.{world.unique}.g1", propid=world.propid))
-        await eventually(lambda: notices_of(world, made.subscription_id), what="the first notice recorded")
+        await eventually(recorded(world, made.subscription_id), what="the first notice recorded")
         assert await loop.deliver_due() == 1
 
         await world.catalog.publish(archived(f"HI.{world.unique}.g2", propid=world.propid))
