@@ -17,6 +17,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from skyport.instruments import InstrumentCatalog, load_instruments
 from tests.support.flow import INSTRUMENTS, Flow
 from tests.support.servers import AMQP_URL, DATABASE_URL, ensure_postgresql, ensure_rabbitmq
+from tests.support.smtp import Mailbox, smtp_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -62,6 +63,27 @@ async def archive(flow: Flow) -> Flow:
     return flow
 
 
+@dataclass
+class NotifyingArchive:
+    """The whole path with the notifier too, and the SMTP server that receives its email."""
+
+    flow: Flow
+    mailbox: Mailbox
+
+
+@pytest.fixture
+async def notifying_archive(flow: Flow) -> AsyncIterator[NotifyingArchive]:
+    """The archive of ``archive`` and a notifier behind the gateway (subscriptions, the inbox), whose fast notices
+    fold what follows within 2 s (not a minute) so that a test sees its second notice soon."""
+    with smtp_server() as (mailbox, port):
+        flow.smtp_port = port
+        await flow.start("receiver", "ingestor", "catalog")
+        await asyncio.gather(
+            flow.start("gateway"), flow.start("monitor"), flow.start("notifier", notifier_coalesce_window=2)
+        )
+        yield NotifyingArchive(flow, mailbox)
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     if not CHROMIUM.exists():
@@ -102,9 +124,12 @@ class Observers:
         self.flow = flow
         self.opened: list[Observer] = []
 
-    async def open(self, *, width: int = 1280) -> Observer:
+    async def open(self, *, width: int = 1280, timezone_id: str | None = None) -> Observer:
         context = await self.browser.new_context(
-            base_url=self.flow.gateway_url, accept_downloads=True, viewport={"width": width, "height": 900}
+            base_url=self.flow.gateway_url,
+            accept_downloads=True,
+            viewport={"width": width, "height": 900},
+            timezone_id=timezone_id,
         )
         page = await context.new_page()
         observer = Observer(context, page, [])
@@ -131,6 +156,15 @@ class Observers:
 async def observers(browser: Browser, archive: Flow) -> AsyncIterator[Observers]:
     """Tabs on the page; at the end, none may have had an uncaught script error or a CSP refusal."""
     tabs = Observers(browser, archive)
+    yield tabs
+    errors = await tabs.close()
+    assert errors == [], f"the page reported errors: {errors}"
+
+
+@pytest.fixture
+async def notified_observers(browser: Browser, notifying_archive: NotifyingArchive) -> AsyncIterator[Observers]:
+    """Tabs on the page of an archive with a notifier, checked for script errors as ``observers`` are."""
+    tabs = Observers(browser, notifying_archive.flow)
     yield tabs
     errors = await tabs.close()
     assert errors == [], f"the page reported errors: {errors}"

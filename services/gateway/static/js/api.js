@@ -71,6 +71,42 @@ export class Api {
     return this.request("DELETE", `${programPath(program)}/members/${encodeURIComponent(username)}`);
   }
 
+  // The notifier's API, at the same address (the gateway forwards it; services/notifier/openapi.yaml).
+
+  /** The signed-in person's subscriptions: {subscriptions: [...]}. */
+  subscriptions() {
+    return this.request("GET", "/v1/subscriptions");
+  }
+
+  subscribe(request) {
+    return this.request("POST", "/v1/subscriptions", request);
+  }
+
+  /** What a subscription (a create's body) would have sent over the last 30 days: {days, notices, messages, …}. */
+  preview(request) {
+    return this.request("POST", "/v1/subscriptions/preview", request);
+  }
+
+  changeSubscription(subscriptionId, change) {
+    return this.request("PATCH", `/v1/subscriptions/${encodeURIComponent(subscriptionId)}`, change);
+  }
+
+  deleteSubscription(subscriptionId) {
+    return this.request("DELETE", `/v1/subscriptions/${encodeURIComponent(subscriptionId)}`);
+  }
+
+  /** In-page notices, newest first, and how many of all are unread: {notices: [...], unread}. */
+  inbox({ limit = 50, before = null } = {}) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (before != null) params.set("before", String(before));
+    return this.request("GET", `/v1/inbox?${params}`);
+  }
+
+  /** Marks notices read: ``{ids: [...]}`` or ``{all: true}``; answers {marked, unread}. */
+  markRead(which) {
+    return this.request("POST", "/v1/inbox/read", which);
+  }
+
   /** The address of a file's bytes, good once with ``ticket`` (the browser fetches it and streams it to disk). */
   static fileUrl(archiveId, version, ticket) {
     const params = new URLSearchParams({ version: String(version), ticket });

@@ -1,6 +1,7 @@
 // The observer page: sign in with an API token, follow a night's files over the gateway's WebSocket
-// (services/gateway/PROTOCOL.md), download them, and manage a program's members. Native ES modules, no build
-// step: this module signs in and out and routes; each view is a module of js/views/.
+// (services/gateway/PROTOCOL.md), download them, manage a program's members, subscribe to notices and read
+// them. Native ES modules, no build step: this module signs in and out and routes; each view is a module of
+// js/views/.
 
 import { html, render, useCallback, useEffect, useReducer, useRef, useState } from "../vendor/preact-htm.js";
 import { Api } from "./api.js";
@@ -9,14 +10,18 @@ import { Session } from "./session.js";
 import { FilesView, filesViewState } from "./views/files.js";
 import { Masthead } from "./views/masthead.js";
 import { MembersView } from "./views/members.js";
+import { InboxView } from "./views/inbox.js";
 import { Profile } from "./views/profile.js";
 import { SignIn } from "./views/signin.js";
+import { SubscriptionsView } from "./views/subscriptions.js";
 
 const TOKEN_KEY = "skyport.token";
 const SIGNED_OUT = { kind: "signed-out", text: "Signed out" };
 const VIEWS = [
   ["files", "Files"],
   ["members", "Members"],
+  ["subscriptions", "Subscriptions"],
+  ["inbox", "Inbox"],
 ];
 
 /** A redraw at most once a frame: a backlog of many messages becomes one render. The timer covers hidden tabs,
@@ -87,7 +92,7 @@ function Page() {
   return html`
     <a class="skip" href="#main">Skip to content</a>
     <${Masthead} connection=${session ? session.connection : SIGNED_OUT} me=${session && session.me}
-                 onSignOut=${signOut} />
+                 unread=${session ? session.unread : null} onSignOut=${signOut} />
     <main id="main">
       ${session
         ? html`
@@ -97,20 +102,33 @@ function Page() {
                 ${VIEWS.map(
                   ([name, label]) => html`
                     <button key=${name} type="button" id=${`show-${name}`} aria-controls=${`${name}-view`}
-                            aria-pressed=${String(route === name)} data-testid=${`show-${name}`}
+                            aria-pressed=${String(route.name === name)} data-testid=${`show-${name}`}
                             onClick=${() => navigate(name)}>${label}</button>
                   `,
                 )}
               </nav>
-              ${route === "members"
-                ? html`<${MembersView} session=${session} onSignOut=${signOut} />`
-                : html`<${FilesView} session=${session} view=${filesView.current} onChange=${changed} />`}
+              <${RouteView} route=${route} session=${session} filesView=${filesView.current} onChange=${changed}
+                            onSignOut=${signOut} />
             </div>
           `
         : html`<${SignIn} error=${signInError} onSignIn=${(token) => signIn(token, { remembered: false })}
                           onMissing=${setSignInError} />`}
     </main>
   `;
+}
+
+/** The view of the route. */
+function RouteView({ route, session, filesView, onChange, onSignOut }) {
+  switch (route.name) {
+    case "members":
+      return html`<${MembersView} session=${session} onSignOut=${onSignOut} />`;
+    case "subscriptions":
+      return html`<${SubscriptionsView} session=${session} route=${route} onSignOut=${onSignOut} />`;
+    case "inbox":
+      return html`<${InboxView} session=${session} onSignOut=${onSignOut} />`;
+    default:
+      return html`<${FilesView} session=${session} view=${filesView} onChange=${onChange} />`;
+  }
 }
 
 render(html`<${Page} />`, document.getElementById("page"));

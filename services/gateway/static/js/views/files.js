@@ -3,6 +3,7 @@
 import { Component, html, useEffect, useRef } from "../../vendor/preact-htm.js";
 import { STATES, compareText, formatNumber, formatSize, utTime } from "../files.js";
 import { programKey } from "../programs.js";
+import { hashOf } from "../router.js";
 import { Cell } from "./cell.js";
 
 const COLUMNS = [
@@ -89,6 +90,7 @@ export function FilesView({ session, view, onChange }) {
         </div>
       </form>
 
+      <${NotifyProgram} program=${notifyAbout(session.programs, view.filters.program)} />
       <${DownloadHelp} />
 
       <p class="status-line">
@@ -158,6 +160,21 @@ function FilterSelect({ id, label, all, entries, value, onChange }) {
       </select>
     </div>
   `;
+}
+
+/** The program a "Notify me" is about: the one the filter chose, or the user's only one. */
+function notifyAbout(programs, chosen) {
+  if (chosen) return programs.find((p) => programKey(p) === chosen) || null;
+  return programs.length === 1 ? programs[0] : null;
+}
+
+/** The program's "Notify me": the subscription form, filled in with the program. */
+function NotifyProgram({ program }) {
+  if (!program) return null;
+  const key = programKey(program);
+  return html`<p class="notify-program"><a href=${hashOf("subscriptions", "new", { mission: program.mission, propid: program.propid })}
+    data-testid="notify-program">${`Notify me about ${key}`}</a> when its data are new, reprocessed or made
+    public.</p>`;
 }
 
 function DownloadHelp() {
