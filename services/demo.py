@@ -175,15 +175,10 @@ def service_settings(
         "notifier_poll_interval": 0.5,
     }
     made = _notifier_made(notifier_token, signing_secret, smtp_port)
-    # Its links follow its port, as the catalog's address does: the port first (the link's value a placeholder).
+    # The gateway reaches it at its port, which the environment may have chosen: read it first.
     notifier_port = load_settings(
         NotifierSettings, {**notifier_defaults, "notifier_public_url": "http://127.0.0.1"}, overrides=made
     ).notifier_port
-    notifier = load_settings(
-        NotifierSettings,
-        {**notifier_defaults, "notifier_public_url": f"http://127.0.0.1:{notifier_port}"},
-        overrides=made,
-    )
     gateway = load_settings(
         GatewaySettings,
         {
@@ -193,8 +188,15 @@ def service_settings(
             "gateway_heartbeat": 5,
             "gateway_poll_interval": 2,
             "gateway_catalog_url": catalog.catalog_public_url,
+            "gateway_notifier_url": f"http://127.0.0.1:{notifier_port}",
         },
         overrides={"gateway_catalog_token": SecretStr(gateway_token)},
+    )
+    # Links in emails go through the gateway's one address, as in production; the gateway forwards them.
+    notifier = load_settings(
+        NotifierSettings,
+        {**notifier_defaults, "notifier_public_url": f"http://127.0.0.1:{gateway.gateway_port}"},
+        overrides=made,
     )
     monitor = load_settings(
         MonitorSettings,

@@ -51,7 +51,9 @@ def test_the_composition_leaves_the_environment_unchanged(tmp_path: Path) -> Non
     assert settings.notifier.notifier_catalog_token.get_secret_value() == "notifier-secret"
     assert (settings.notifier.smtp_host, settings.notifier.smtp_port) == ("127.0.0.1", 2525)
     assert settings.notifier.smtp_security == "none"
-    assert settings.notifier.notifier_public_url == "http://127.0.0.1:8084"
+    # Its links go through the gateway's one address, which forwards them to it.
+    assert settings.notifier.notifier_public_url == "http://127.0.0.1:8099"
+    assert settings.gateway.gateway_notifier_url == "http://127.0.0.1:8084"
 
 
 def test_what_the_caller_set_in_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +73,7 @@ def test_what_the_caller_set_in_the_environment_wins(tmp_path: Path, monkeypatch
     # What follows from a chosen port follows the caller's port.
     assert settings.catalog.catalog_public_url == settings.gateway.gateway_catalog_url == "http://127.0.0.1:9182"
     assert settings.monitor.receiver_url == "http://127.0.0.1:9181"
-    assert settings.notifier.notifier_public_url == "http://127.0.0.1:9184"
+    assert settings.gateway.gateway_notifier_url == "http://127.0.0.1:9184"
     assert settings.notifier.notifier_catalog_url == "http://127.0.0.1:9182"
 
 
