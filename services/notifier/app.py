@@ -19,7 +19,7 @@ from services.notifier.mailer import Mailer, SmtpMailer
 from services.notifier.matching import Matcher
 from services.notifier.settings import NotifierSettings
 from services.notifier.signing import Signer
-from services.notifier.webhooks import WebhookSender
+from services.notifier.webhooks import PublicResolver, WebhookSender
 from skyport.instruments import load_instruments
 from skyport.runtime import ServiceContext, ServiceSpec
 
@@ -72,8 +72,11 @@ async def lifespan(ctx: ServiceContext[NotifierSettings]) -> AsyncIterator[None]
             session, settings.notifier_catalog_url, settings.notifier_catalog_token.get_secret_value()
         )
         # The receivers' session is not the catalog's: their own timeout, and no cookies kept between receivers.
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as hooks:
-            webhooks = WebhookSender(hooks, timeout=settings.notifier_webhook_timeout)
+        # Outside development its connections resolve names only to public addresses (SSRF: webhooks.py).
+        allow_private = settings.notifier_webhook_allow_http
+        connector = aiohttp.TCPConnector(resolver=None if allow_private else PublicResolver())
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as hooks:
+            webhooks = WebhookSender(hooks, timeout=settings.notifier_webhook_timeout, allow_private=allow_private)
             sender = deliverer(ctx, catalog, made.composer, SmtpMailer(settings), webhooks)
             await ctx.subscribe(dataset_subscription(ctx.database, made.matcher, settings, sender.wake))
             ctx.supervise("delivery", sender.run)

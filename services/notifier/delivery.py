@@ -281,6 +281,8 @@ class Deliverer:
         if result.outcome != "temporary" or attempts >= self.max_attempts:
             if result.outcome == "permanent":
                 reason = f"the webhook receiver is gone ({result.response}): channel stopped"
+            elif result.outcome == "rejected" and result.status is None:
+                reason = result.response  # refused here, not by the receiver (a host that is no longer public)
             elif result.outcome == "rejected":
                 reason = f"the webhook receiver refused the notice: {result.response}"
             else:

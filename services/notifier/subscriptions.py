@@ -10,7 +10,7 @@ from services.notifier.levels import LevelOrder
 from services.notifier.models import Subscription, SubscriptionChange, SubscriptionCreated, SubscriptionRequest
 from services.notifier.schedule import next_delivery, zone
 from services.notifier.signing import Signer, parse_ids
-from services.notifier.webhooks import check_url, new_secret
+from services.notifier.webhooks import Resolve, check_receiver, new_secret, system_resolve
 
 
 class Refused(ValueError):
@@ -25,12 +25,17 @@ class BadLink(ValueError):
     """An unsubscribe link that was not signed by this notifier for these subscriptions."""
 
 
-def checked(
-    levels: LevelOrder, request: SubscriptionRequest, *, allow_http_webhooks: bool = False
+async def checked(
+    levels: LevelOrder,
+    request: SubscriptionRequest,
+    *,
+    allow_http_webhooks: bool = False,
+    resolve: Resolve = system_resolve,
 ) -> SubscriptionRequest:
     """The request as it would be kept, or Refused naming the field to change: the time zone known, the level
     spelled as the mission's configuration spells it (a level that is not the mission's could never match), the
-    mission's ``notify_default_level`` when it names none, the webhook URL acceptable. Creating, changing and
+    mission's ``notify_default_level`` when it names none, the webhook URL acceptable (https, and a host on the
+    public internet: ``webhooks.check_receiver``). Creating, changing and
     previewing a subscription all go through here, so a preview is of what would be kept."""
     try:
         zone(request.time_zone)
@@ -45,7 +50,7 @@ def checked(
                 raise Refused("min_level", str(exc)) from None
     if request.webhook_url is not None:
         try:
-            url = check_url(request.webhook_url, allow_http=allow_http_webhooks)
+            url = await check_receiver(request.webhook_url, allow_http=allow_http_webhooks, resolve=resolve)
         except ValueError as exc:
             raise Refused("webhook_url", str(exc)) from None
         request = request.model_copy(update={"webhook_url": url})
@@ -60,11 +65,12 @@ async def subscribe(
     request: SubscriptionRequest,
     *,
     allow_http_webhooks: bool = False,
+    resolve: Resolve = system_resolve,
 ) -> SubscriptionCreated:
     """Keep a subscription for ``username`` at ``email`` (checked first, :func:`checked`). A webhook subscription
     gets its signing secret here, in the answer and nowhere else: its owner keeps it to verify what the notifier
     sends."""
-    request = checked(levels, request, allow_http_webhooks=allow_http_webhooks)
+    request = await checked(levels, request, allow_http_webhooks=allow_http_webhooks, resolve=resolve)
     if "@" not in email:
         raise Refused("email", f"{email!r} is not an email address")
     secret = None if request.webhook_url is None else new_secret()
@@ -80,6 +86,7 @@ async def change(
     body: SubscriptionChange,
     *,
     allow_http_webhooks: bool = False,
+    resolve: Resolve = system_resolve,
 ) -> SubscriptionCreated | None:
     """Change the settings of one of ``username``'s subscriptions; None when they have no such subscription.
 
@@ -101,7 +108,7 @@ async def change(
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "body"
         raise Refused(field, first["msg"].removeprefix("Value error, ")) from None
-    request = checked(levels, request, allow_http_webhooks=allow_http_webhooks)
+    request = await checked(levels, request, allow_http_webhooks=allow_http_webhooks, resolve=resolve)
     becomes_webhook = request.channel == "webhook" and current.channel != "webhook"
     secret = new_secret() if becomes_webhook else None
     restart = request.channel != current.channel or request.webhook_url != current.webhook_url

@@ -28,6 +28,7 @@ from services.notifier.models import (
     SubscriptionRequest,
 )
 from services.notifier.signing import Signer
+from services.notifier.webhooks import Resolve, system_resolve
 from skyport.api.errors import ErrorCode
 from skyport.db import Database
 from skyport.http import CHALLENGE, ApiError, bearer_token, json_body, json_errors, refuse_nul
@@ -54,12 +55,15 @@ class NotifierApi:
         coalesce_window: float = 60.0,
         fast_per_hour: int = 6,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        resolve: Resolve = system_resolve,
     ) -> None:
         self.db = db
         self.allow_http_webhooks = allow_http_webhooks
         self.coalesce_window = coalesce_window
         self.fast_per_hour = fast_per_hour
         self.clock = clock
+        self.resolve = resolve
+        """How webhook hosts are resolved to be checked (a test's fake resolver)."""
         self.catalog = catalog
         self.signer = signer
         self.levels = levels
@@ -98,7 +102,13 @@ class NotifierApi:
             raise ApiError(409, "your account has no email address to write to", code=ErrorCode.CONFLICT)
         async with self.db.transaction() as conn:
             made = await subscriptions.subscribe(
-                conn, self.levels, username, email, body, allow_http_webhooks=self.allow_http_webhooks
+                conn,
+                self.levels,
+                username,
+                email,
+                body,
+                allow_http_webhooks=self.allow_http_webhooks,
+                resolve=self.resolve,
             )
         return web.json_response(text=made.model_dump_json(), status=201)
 
@@ -109,7 +119,13 @@ class NotifierApi:
         body = await json_body(request, SubscriptionChange)
         async with self.db.transaction() as conn:
             changed = await subscriptions.change(
-                conn, self.levels, username, subscription_id, body, allow_http_webhooks=self.allow_http_webhooks
+                conn,
+                self.levels,
+                username,
+                subscription_id,
+                body,
+                allow_http_webhooks=self.allow_http_webhooks,
+                resolve=self.resolve,
             )
         if changed is None:
             raise ApiError(404, "you have no such subscription")
@@ -119,7 +135,9 @@ class NotifierApi:
         """What a subscription (the body of a create) would have sent over the last 30 days; nothing is kept."""
         username, _ = await self._signed_in(request)
         body = await json_body(request, SubscriptionRequest)
-        wanted = subscriptions.checked(self.levels, body, allow_http_webhooks=self.allow_http_webhooks)
+        wanted = await subscriptions.checked(
+            self.levels, body, allow_http_webhooks=self.allow_http_webhooks, resolve=self.resolve
+        )
         async with self.db.transaction() as conn:
             answer = await preview.preview(
                 conn,

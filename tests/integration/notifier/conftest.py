@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +58,13 @@ class World:
     settings: NotifierSettings
     catalog_client: CatalogClient
     tokens: dict[str, str] = field(default_factory=dict)
+    dns: dict[str, list[str]] = field(default_factory=dict)
+    """What the API's resolver answers for webhook hosts (a fake: tests name no real hosts); others do not resolve."""
+
+    async def resolve(self, host: str) -> list[str]:
+        if host not in self.dns:
+            raise OSError(socket.EAI_NONAME, "Name or service not known")
+        return self.dns[host]
 
     def new_deliverer(
         self,
@@ -152,6 +160,8 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
                     )
                 )
                 loop = asyncio.create_task(deliverer.run())
+                dns = {"receiver.example": ["93.184.215.14"]}  # a public address
+                world = World(unique, propid, catalog, api, ndb, None, deliverer, box, settings, client, tokens, dns)  # type: ignore[arg-type]
                 api_app = NotifierApi(
                     ndb,
                     client,
@@ -159,11 +169,13 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
                     made.levels,
                     coalesce_window=settings.notifier_coalesce_window,
                     fast_per_hour=settings.notifier_fast_per_hour,
+                    resolve=world.resolve,
                 ).app()
                 server = TestClient(TestServer(api_app))
+                world.notifier = server
                 await server.start_server()
                 try:
-                    yield World(unique, propid, catalog, api, ndb, server, deliverer, box, settings, client, tokens)
+                    yield world
                 finally:
                     await server.close()
                     loop.cancel()

@@ -208,3 +208,38 @@ async def test_page_notices_go_to_the_inbox_of_those_who_may_see_them_and_are_ma
     assert status == 400
     status, answer = await world.call("POST", "/v1/inbox/read", "alice", {"all": True})
     assert answer == {"marked": 1, "unread": 0}
+
+
+async def test_an_email_subscription_made_a_webhook_gets_a_secret_once_and_no_private_receiver(world: World) -> None:
+    made = await world.subscribe("alice", mission="KECK", propid=world.propid)
+    path = f"/v1/subscriptions/{made['subscription_id']}"
+    world.dns["intranet.example"] = ["10.20.30.40"]
+
+    status, answer = await world.call(
+        "PATCH", path, "alice", {"channel": "webhook", "webhook_url": "https://intranet.example/hook"}
+    )
+    assert (status, answer["parameter"]) == (400, "webhook_url")
+    assert "10.20.30.40" in answer["error"]
+    status, answer = await world.call(
+        "POST",
+        "/v1/subscriptions",
+        "alice",
+        {"mission": "KECK", "propid": world.propid, "channel": "webhook", "webhook_url": "https://intranet.example/"},
+    )
+    assert (status, answer["parameter"]) == (400, "webhook_url")
+
+    status, answer = await world.call(
+        "PATCH", path, "alice", {"channel": "webhook", "webhook_url": "https://receiver.example/hook"}
+    )
+    assert status == 200, answer
+    assert answer["webhook_secret"].startswith("whsec_")
+    status, answer = await world.call("PATCH", path, "alice", {"frequency": "weekly"})
+    assert (answer["channel"], answer["webhook_url"], answer["webhook_secret"]) == (
+        "webhook",
+        "https://receiver.example/hook",
+        None,
+    )
+    status, answer = await world.call("PATCH", path, "alice", {"channel": "page"})
+    assert (status, answer["channel"], answer["webhook_url"]) == (200, "page", None)
+    rows = await world.rows("SELECT webhook_secret FROM subscriptions")
+    assert rows[0]["webhook_secret"] is None

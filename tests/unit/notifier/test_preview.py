@@ -69,12 +69,12 @@ def test_triggers_program_obset_and_file_narrow_what_is_kept() -> None:
     assert not wants(LEVELS, file_only, event(archive_ids=["other"]))
 
 
-def test_a_jwst_subscription_without_a_level_gets_the_missions_default_and_keck_none() -> None:
-    assert checked(LEVELS, request()).min_level == "2b"
-    assert checked(LEVELS, request(min_level="2A")).min_level == "2a"
-    assert checked(LEVELS, SubscriptionRequest(mission="KECK", propid="U1")).min_level is None
+async def test_a_jwst_subscription_without_a_level_gets_the_missions_default_and_keck_none() -> None:
+    assert (await checked(LEVELS, request())).min_level == "2b"
+    assert (await checked(LEVELS, request(min_level="2A"))).min_level == "2a"
+    assert (await checked(LEVELS, SubscriptionRequest(mission="KECK", propid="U1"))).min_level is None
     with pytest.raises(Refused) as refused:
-        checked(LEVELS, request(min_level="0"))
+        await checked(LEVELS, request(min_level="0"))
     assert refused.value.field == "min_level"
 
 
@@ -116,7 +116,7 @@ def test_digests_make_one_message_per_period_reached() -> None:
     assert len(digest_sends(weekly, times, until=T0 + timedelta(days=8))) == 1
 
 
-def test_a_summary_counts_events_notices_messages_and_triggers() -> None:
+async def test_a_summary_counts_events_notices_messages_and_triggers() -> None:
     events = [
         event(0),
         event(0.2, event_id="r", type="repro"),
@@ -125,7 +125,7 @@ def test_a_summary_counts_events_notices_messages_and_triggers() -> None:
     ]
     preview = summarise(
         LEVELS,
-        checked(LEVELS, request(frequency="fast", triggers=["new", "public"])),
+        await checked(LEVELS, request(frequency="fast", triggers=["new", "public"])),
         events,
         now=T0 + timedelta(days=1),
         coalesce_window=60,
