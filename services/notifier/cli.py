@@ -1,4 +1,5 @@
-"""``skyport notifier ...``: subscriptions and deliveries for operators (subscribe, list, status, resend).
+"""``skyport notifier ...``: subscriptions and deliveries for operators (subscribe, list, status, resend,
+webhook-test).
 
 Each command is an ``async`` function on a :class:`~skyport.db.Database` (what the tests call) behind a thin
 argparse adapter, calling the same functions as the HTTP API.
@@ -9,17 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 from pydantic import Field, ValidationError
 
 from services.notifier import storage, subscriptions
 from services.notifier.levels import LevelOrder
 from services.notifier.models import TRIGGERS, Subscription, SubscriptionRequest
+from services.notifier.webhooks import HookResult, PublicResolver, WebhookSender
 from skyport.db import Database
 from skyport.instruments import load_instruments
 from skyport.settings import CommonSettings
@@ -29,11 +33,16 @@ T = TypeVar("T")
 
 
 class CommandSettings(CommonSettings):
-    """What the commands need: the database (common), and the level order for ``subscribe``."""
+    """What the commands need: the database (common), the level order for ``subscribe``, the webhook rules for
+    ``webhook-test``."""
 
     instruments_dir: Path = Field(
         default=Path("deploy/instruments"), description="The instrument configuration (each mission's levels)."
     )
+    notifier_webhook_allow_http: bool = Field(
+        default=False, description="As the notifier's: http:// and local receivers allowed (development only)."
+    )
+    notifier_webhook_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds a receiver has.")
 
 
 class CommandError(Exception):
@@ -72,11 +81,31 @@ async def resend(db: Database, delivery_id: int) -> int:
     return count
 
 
+async def webhook_test(
+    db: Database, subscription_id: int, *, allow_private: bool = False, timeout: float = 10.0
+) -> HookResult:
+    """POST a signed test body to a webhook subscription's receiver, as a notice would be (the same signature and
+    headers, ``"test": true`` and no notices), and say what it answered. Nothing is recorded."""
+    async with db.transaction() as conn:
+        hook = await storage.webhook_of(conn, subscription_id)
+    if hook is None:
+        raise CommandError(f"subscription {subscription_id} is not a webhook subscription (no such subscription?)")
+    url, secret = hook
+    key = f"test-{subscription_id}-{secrets.token_hex(4)}"
+    body = json.dumps({"delivery": key, "subscription_id": subscription_id, "test": True, "notices": []}).encode()
+    connector = aiohttp.TCPConnector(resolver=None if allow_private else PublicResolver())
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+        sender = WebhookSender(session, timeout=timeout, allow_private=allow_private)
+        return await sender.post(url, secret, key, body)
+
+
 # --- argparse ----------------------------------------------------------------------------------------------
 
 
 def add_commands(commands: Any) -> None:
-    parser = commands.add_parser("notifier", help="subscriptions and deliveries: subscribe, list, status, resend")
+    parser = commands.add_parser(
+        "notifier", help="subscriptions and deliveries: subscribe, list, status, resend, webhook-test"
+    )
     sub = parser.add_subparsers(dest="notifier_command", required=True)
 
     make = sub.add_parser("subscribe", help="subscribe a person to a program, an obset or a file")
@@ -109,6 +138,10 @@ def add_commands(commands: Any) -> None:
     again = sub.add_parser("resend", help="send a delivery's notices again (and restart a stopped channel)")
     again.add_argument("delivery_id", type=int, help="a delivery of `skyport notifier status`")
     again.set_defaults(func=_resend)
+
+    test = sub.add_parser("webhook-test", help="send a signed test POST to a webhook subscription's receiver")
+    test.add_argument("subscription_id", type=int, help="a webhook subscription of `skyport notifier list`")
+    test.set_defaults(func=_webhook_test)
 
 
 def _run(command: Callable[[Database], Awaitable[T]]) -> T:
@@ -184,3 +217,18 @@ def _resend(args: argparse.Namespace) -> int:
     count = _run(lambda db: resend(db, args.delivery_id))
     print(f"delivery {args.delivery_id}: {count} notice(s) will be sent again")
     return 0
+
+
+@_reported
+def _webhook_test(args: argparse.Namespace) -> int:
+    settings = CommandSettings()
+    result = _run(
+        lambda db: webhook_test(
+            db,
+            args.subscription_id,
+            allow_private=settings.notifier_webhook_allow_http,
+            timeout=settings.notifier_webhook_timeout,
+        )
+    )
+    print(f"subscription {args.subscription_id}: {result.outcome}, {result.response}")
+    return 0 if result.outcome == "accepted" else 1

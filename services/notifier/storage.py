@@ -120,6 +120,23 @@ async def update_subscription(
     return _subscription(row)
 
 
+async def set_webhook_secret(conn: asyncpg.Connection, subscription_id: int, secret: str) -> None:
+    await conn.execute(
+        "UPDATE subscriptions SET webhook_secret = $2 WHERE subscription_id = $1 AND channel = 'webhook'",
+        subscription_id,
+        secret,
+    )
+
+
+async def webhook_of(conn: asyncpg.Connection, subscription_id: int) -> tuple[str, str] | None:
+    """A webhook subscription's receiver and secret; None if there is no such webhook subscription."""
+    row = await conn.fetchrow(
+        "SELECT webhook_url, webhook_secret FROM subscriptions WHERE subscription_id = $1 AND channel = 'webhook'",
+        subscription_id,
+    )
+    return None if row is None else (row["webhook_url"], row["webhook_secret"])
+
+
 async def waiting_notices(conn: asyncpg.Connection, subscription_id: int) -> list[tuple[int, datetime]]:
     """A subscription's pending notices and when each came (locked: the delivery loop skips them meanwhile)."""
     rows = await conn.fetch(

@@ -21,6 +21,10 @@ class Refused(ValueError):
         self.field = field
 
 
+class NotAWebhook(ValueError):
+    """A webhook's action (a new secret, a test POST) asked of a subscription that is not a webhook's."""
+
+
 class BadLink(ValueError):
     """An unsubscribe link that was not signed by this notifier for these subscriptions."""
 
@@ -118,6 +122,21 @@ async def change(
     if request.frequency != current.frequency:
         await reschedule(conn, changed)
     return SubscriptionCreated(**changed.model_dump(), webhook_secret=secret)
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection, username: str | None, subscription_id: int
+) -> SubscriptionCreated | None:
+    """A new signing secret for one of ``username``'s webhook subscriptions (any one's when None: an operator),
+    shown in this answer only; the old one signs nothing more from the commit. None: no such subscription."""
+    current = await storage.subscription(conn, subscription_id, username=username, lock=True)
+    if current is None:
+        return None
+    if current.channel != "webhook":
+        raise NotAWebhook(f"subscription {subscription_id} is an {current.channel} subscription, not a webhook")
+    secret = new_secret()
+    await storage.set_webhook_secret(conn, subscription_id, secret)
+    return SubscriptionCreated(**current.model_dump(), webhook_secret=secret)
 
 
 async def reschedule(conn: asyncpg.Connection, subscription: Subscription) -> None:

@@ -220,12 +220,12 @@ class WebhookSender:
         if not self.allow_private:
             try:
                 await check_receiver(url, allow_http=False, resolve=self.resolve)
-            except NotPublic as exc:
-                # Not this receiver's answer but ours: the body is not sent; the delivery fails, the channel goes on
-                # (the subscriber may change the URL, or DNS may change back).
-                return HookResult("rejected", None, f"not sent: {exc}"[:MAX_RESPONSE_KEPT])
             except Unresolved as exc:
                 return HookResult("temporary", None, f"not sent: {exc}"[:MAX_RESPONSE_KEPT])
+            except ValueError as exc:
+                # Not this receiver's answer but ours (a host no longer public; an http:// URL kept while http was
+                # allowed): the body is not sent, the delivery fails, the channel goes on.
+                return HookResult("rejected", None, f"not sent: {exc}"[:MAX_RESPONSE_KEPT])
         return await self._post(url, secret, idempotency_key, body)
 
     async def _post(self, url: str, secret: str, idempotency_key: str, body: bytes) -> HookResult:

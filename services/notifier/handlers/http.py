@@ -37,6 +37,8 @@ from skyport.http import CHALLENGE, ApiError, bearer_token, json_body, json_erro
 def _translate(exc: Exception) -> ApiError | None:
     if isinstance(exc, CatalogUnavailable):
         return ApiError(503, "the catalog cannot say who you are now; try again", code=ErrorCode.UNAVAILABLE)
+    if isinstance(exc, subscriptions.NotAWebhook):
+        return ApiError(409, str(exc), code=ErrorCode.CONFLICT)
     if isinstance(exc, subscriptions.Refused):
         errors = [{"field": exc.field, "message": str(exc)}]
         return ApiError(400, str(exc), code=ErrorCode.BAD_BODY, parameter=exc.field, errors=errors)
@@ -75,6 +77,7 @@ class NotifierApi:
         app.router.add_post("/v1/subscriptions/preview", self.preview)
         app.router.add_patch("/v1/subscriptions/{subscription_id}", self.change)
         app.router.add_delete("/v1/subscriptions/{subscription_id}", self.delete)
+        app.router.add_post("/v1/subscriptions/{subscription_id}/rotate-secret", self.rotate_secret)
         app.router.add_get("/v1/inbox", self.inbox)
         app.router.add_post("/v1/inbox/read", self.mark_read)
         app.router.add_get("/v1/unsubscribe", self.unsubscribe_page)
@@ -130,6 +133,16 @@ class NotifierApi:
         if changed is None:
             raise ApiError(404, "you have no such subscription")
         return web.json_response(text=changed.model_dump_json())
+
+    async def rotate_secret(self, request: web.Request) -> web.Response:
+        """A webhook subscription's new signing secret, shown in this answer only."""
+        username, _ = await self._signed_in(request)
+        subscription_id = _subscription_id(request)
+        async with self.db.transaction() as conn:
+            rotated = await subscriptions.rotate_secret(conn, username, subscription_id)
+        if rotated is None:
+            raise ApiError(404, "you have no such subscription")
+        return web.json_response(text=rotated.model_dump_json())
 
     async def preview(self, request: web.Request) -> web.Response:
         """What a subscription (the body of a create) would have sent over the last 30 days; nothing is kept."""

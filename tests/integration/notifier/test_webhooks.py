@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 
-from services.notifier import storage, subscriptions
+from services.notifier import cli, storage, subscriptions
 from services.notifier.app import parts
 from services.notifier.models import SubscriptionCreated, SubscriptionRequest
 from services.notifier.webhooks import WebhookSender
@@ -224,3 +224,72 @@ async def test_a_plain_http_receiver_is_refused_unless_allowed_and_the_secret_is
     (kept,) = (await listed.json())["subscriptions"]
     assert kept["webhook_url"] == "https://receiver.example/hook"
     assert "webhook_secret" not in kept
+
+
+async def test_a_rotated_secret_signs_what_follows_and_the_old_one_nothing(world: World, sender: WebhookSender) -> None:
+    port = unused_port()
+    receiver = Receiver(answers=[])
+    made = await webhook_subscription(world, f"http://127.0.0.1:{port}/hook")
+    assert made.webhook_secret is not None
+    path = f"/v1/subscriptions/{made.subscription_id}/rotate-secret"
+    status, answer = await world.call("POST", path, "bob")
+    assert (status, answer["code"]) == (404, "not_found")
+    email = await world.subscribe("alice", mission="KECK", propid=world.propid)
+    status, answer = await world.call("POST", f"/v1/subscriptions/{email['subscription_id']}/rotate-secret", "alice")
+    assert (status, answer["code"]) == (409, "conflict")
+
+    status, answer = await world.call("POST", path, "alice")
+
+    assert status == 200, answer
+    new_secret = answer["webhook_secret"]
+    assert new_secret.startswith("whsec_")
+    assert new_secret != made.webhook_secret
+    server = receiver.server(port)
+    await server.start_server()
+    try:
+        loop = world.new_deliverer(webhooks=sender)
+        await world.catalog.publish(archived(f"HI.{world.unique}.r1", propid=world.propid))
+        await eventually(recorded(world, made.subscription_id), what="the notice recorded")
+        assert await loop.deliver_due() == 1
+        ((headers, body),) = receiver.requests
+        assert signed_by(new_secret, headers["Skyport-Signature"], body)
+        assert not signed_by(made.webhook_secret, headers["Skyport-Signature"], body)
+    finally:
+        await server.close()
+
+
+async def test_the_webhook_test_command_posts_a_signed_test_body_and_says_what_the_receiver_answered(
+    world: World,
+) -> None:
+    port = unused_port()
+    receiver = Receiver(answers=[(200, {}), (503, {})])
+    made = await webhook_subscription(world, f"http://127.0.0.1:{port}/hook")
+    assert made.webhook_secret is not None
+    server = receiver.server(port)
+    await server.start_server()
+    try:
+        ok = await cli.webhook_test(world.notifier_db, made.subscription_id, allow_private=True)
+        failing = await cli.webhook_test(world.notifier_db, made.subscription_id, allow_private=True)
+        # Outside development a receiver on this machine is not posted to at all.
+        refused = await cli.webhook_test(world.notifier_db, made.subscription_id, allow_private=False)
+    finally:
+        await server.close()
+
+    assert (ok.outcome, ok.status) == ("accepted", 200)
+    assert (failing.outcome, failing.status, failing.response) == ("temporary", 503, "HTTP 503: not now")
+    assert (refused.outcome, refused.status) == ("rejected", None)
+    assert "https" in refused.response  # an http:// receiver: refused before its address is looked at
+    assert len(receiver.requests) == 2
+    headers, body = receiver.requests[0]
+    assert signed_by(made.webhook_secret, headers["Skyport-Signature"], body)
+    assert json.loads(body) | {"delivery": None} == {
+        "delivery": None,
+        "subscription_id": made.subscription_id,
+        "test": True,
+        "notices": [],
+    }
+    # Nothing was recorded: a test is not a delivery.
+    assert await world.rows("SELECT 1 FROM deliveries") == []
+    email = await world.subscribe("alice", mission="KECK", propid=world.propid)
+    with pytest.raises(cli.CommandError):
+        await cli.webhook_test(world.notifier_db, email["subscription_id"], allow_private=True)
