@@ -66,6 +66,7 @@ bench: install services  ## benchmarks that print figures (not tests)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/catalog.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/notifier.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
