@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from services.catalog import cli as catalog
 from skyport.db import Database
@@ -222,6 +222,7 @@ async def test_an_archived_file_of_a_page_subscription_arrives_in_the_inbox_and_
     await page.get_by_test_id("inbox-link").click()
     notices = page.get_by_test_id("notice")
     await expect(notices).to_have_count(2)
+    await shoot(page, "inbox-unread")
     newest, oldest = notices.nth(0), notices.nth(1)
     await expect(newest.get_by_test_id("notice-subject")).to_contain_text(propid)
     await expect(newest).to_have_attribute("data-read", "false")
@@ -251,3 +252,24 @@ async def test_an_archived_file_of_a_page_subscription_arrives_in_the_inbox_and_
     assert inbox["unread"] == 0
     listed = [f["archive_id"] for n in inbox["notices"] for f in n["files"]]
     assert sorted(listed) == sorted([first, second, third])
+
+
+async def test_a_gateway_without_a_notifier_says_notifications_are_not_configured(
+    flow: Flow, browser: Browser, propid: str
+) -> None:
+    await flow.start("catalog")
+    await flow.start("gateway", gateway_notifier_url="")  # empty: unset, as compose writes an unset variable
+    token = await observer_of(flow, propid, "dave")
+    tabs = Observers(browser, flow)
+    try:
+        tab = await tabs.open()
+        await tab.sign_in(token)
+        await tab.page.get_by_role("button", name="Subscriptions").click()
+        await expect(tab.page.get_by_test_id("subscriptions-error")).to_have_text(
+            "Cannot read your subscriptions: notifications are not configured on this gateway "
+            "(its SKYPORT_GATEWAY_NOTIFIER_URL is unset)"
+        )
+        await expect(tab.page.get_by_test_id("inbox-link")).to_have_count(0)  # no badge to mislead
+    finally:
+        errors = await tabs.close()
+    assert errors == [], f"the page reported errors: {errors}"

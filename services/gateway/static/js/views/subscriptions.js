@@ -97,14 +97,16 @@ export function SubscriptionsView({ session, route, onSignOut }) {
       ${form}
       ${!form &&
       html`<p><a class="button-link" href="#/subscriptions/new" data-testid="add-subscription">Add a subscription</a></p>`}
-      <${SubscriptionList} loaded=${list.loaded} subscriptions=${list.subscriptions} onRemove=${remove} />
+      <${SubscriptionList} loaded=${list.loaded} subscriptions=${list.subscriptions} adding=${Boolean(form)}
+                           onRemove=${remove} />
     </section>
   `;
 }
 
-function SubscriptionList({ loaded, subscriptions, onRemove }) {
+function SubscriptionList({ loaded, subscriptions, adding, onRemove }) {
   if (!loaded) return html`<p class="hint" role="status">Loading your subscriptions…</p>`;
   if (subscriptions.length === 0) {
+    if (adding) return null; // the form is the way to make the first one: no need to say so below it
     return html`<p class="empty" data-testid="subscriptions-empty">You have no subscriptions yet. Choose${" "}
       <em>Add a subscription</em>, or <em>Notify me about</em> a program in the files view.</p>`;
   }
