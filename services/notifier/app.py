@@ -11,7 +11,7 @@ import aiohttp
 
 from services.notifier.catalog_client import CatalogClient
 from services.notifier.delivery import Deliverer, DeliveryMetrics
-from services.notifier.handlers.events import dataset_subscription
+from services.notifier.handlers.events import access_subscription, dataset_subscription
 from services.notifier.handlers.http import NotifierApi
 from services.notifier.levels import LevelOrder
 from services.notifier.mail import Composer
@@ -79,6 +79,7 @@ async def lifespan(ctx: ServiceContext[NotifierSettings]) -> AsyncIterator[None]
             webhooks = WebhookSender(hooks, timeout=settings.notifier_webhook_timeout, allow_private=allow_private)
             sender = deliverer(ctx, catalog, made.composer, SmtpMailer(settings), webhooks)
             await ctx.subscribe(dataset_subscription(ctx.database, made.matcher, settings, sender.wake))
+            await ctx.subscribe(access_subscription(ctx.database))
             ctx.supervise("delivery", sender.run)
             try:
                 api = NotifierApi(

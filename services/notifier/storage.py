@@ -186,6 +186,20 @@ async def delete_subscription(conn: asyncpg.Connection, subscription_id: int, us
     return bool(deleted)
 
 
+async def drop_revoked(conn: asyncpg.Connection, username: str, mission: str, propid: str) -> int:
+    """A person's waiting notices of a program whose membership they lost, withheld now (those of the data's
+    going public excepted: anyone may be told of those); returns how many."""
+    result: str = await conn.execute(
+        "UPDATE pending_notices n SET state = 'withheld' FROM subscriptions s "
+        "WHERE s.subscription_id = n.subscription_id AND s.username = $1 AND n.mission = $2 AND n.propid = $3 "
+        "AND n.state = 'pending' AND n.event_type <> 'dataset.public'",
+        username,
+        mission,
+        propid,
+    )
+    return int(result.split()[-1])
+
+
 async def stop_channel(conn: asyncpg.Connection, subscription_ids: Sequence[int], reason: str) -> None:
     """The channel refused for good (SMTP 5xx, webhook 410): nothing more is tried until the subscriber or an
     operator acts."""

@@ -1,4 +1,5 @@
-"""The dataset-event consumer: each batch's notices recorded in one transaction with the events' ids."""
+"""The notifier's consumers: dataset events (each batch's notices recorded in one transaction with the events'
+ids), and membership changes (a revocation drops what waits for that person of that program)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import structlog
 
+from services.notifier import storage
 from services.notifier.matching import Matcher
 from services.notifier.settings import NotifierSettings
 from skyport.bus import Batching, Subscription
-from skyport.bus.topology import NOTIFIER_DATASET
+from skyport.bus.topology import NOTIFIER_ACCESS, NOTIFIER_DATASET
 from skyport.db import Database, idempotent, idempotent_batch
-from skyport.events import CloudEvent, DatasetFirst, DatasetNew, DatasetPublic, DatasetRepro
+from skyport.events import AccessChanged, CloudEvent, DatasetFirst, DatasetNew, DatasetPublic, DatasetRepro
+
+log = structlog.get_logger("skyport.notifier")
 
 CONSUMER = "notifier"
 """The name under which handled dataset event ids are recorded (skyport.db.idempotency)."""
+
+ACCESS_CONSUMER = "notifier.access"
 
 DATASET_MODELS = {model.event_type: model for model in (DatasetNew, DatasetFirst, DatasetRepro, DatasetPublic)}
 
@@ -57,4 +64,35 @@ def dataset_subscription(
         models=DATASET_MODELS,
         prefetch=2 * settings.notifier_batch_size,
         batching=Batching(on_batch, size=settings.notifier_batch_size, wait=settings.notifier_batch_wait),
+    )
+
+
+def access_subscription(
+    db: Database,
+    *,
+    queue: str = NOTIFIER_ACCESS.name,
+    bindings: tuple[str, ...] = NOTIFIER_ACCESS.bindings,
+) -> Subscription:
+    """Membership changes: a revoked person's waiting notices of that program are withheld at once.
+
+    The guarantee is elsewhere: each notice is checked with the catalog when it is sent, so a revocation counts
+    from its commit whether or not this event has come. This makes it visible sooner: ``skyport notifier status``
+    no longer shows the notices as pending, and no digest is composed around them.
+    """
+
+    async def drop(conn: asyncpg.Connection, event: CloudEvent[AccessChanged]) -> None:
+        change = event.data
+        if change.change != "revoked":
+            return
+        dropped = await storage.drop_revoked(conn, change.username, change.mission.upper(), change.propid)
+        log.info(
+            "access revoked; waiting notices withheld",
+            username=change.username,
+            mission=change.mission,
+            propid=change.propid,
+            notices=dropped,
+        )
+
+    return Subscription(
+        queue, bindings, idempotent(db, ACCESS_CONSUMER, drop), models={AccessChanged.event_type: AccessChanged}
     )

@@ -22,7 +22,7 @@ from services.notifier.app import parts
 from services.notifier.app import service as notifier_service
 from services.notifier.catalog_client import CatalogClient
 from services.notifier.delivery import Deliverer, DeliveryMetrics
-from services.notifier.handlers.events import dataset_subscription
+from services.notifier.handlers.events import access_subscription, dataset_subscription
 from services.notifier.handlers.http import NotifierApi
 from services.notifier.mailer import Mailer, SmtpMailer
 from services.notifier.settings import NotifierSettings
@@ -157,6 +157,13 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
                         deliverer.wake,
                         queue=f"test.{unique}.notifier",
                         bindings=(f"dataset.*.*.*.{propid.lower()}",),
+                    )
+                )
+                await bus.subscribe(
+                    access_subscription(
+                        ndb,
+                        queue=f"test.{unique}.notifier-access",
+                        bindings=(f"access.changed.*.{propid.lower()}",),
                     )
                 )
                 loop = asyncio.create_task(deliverer.run())

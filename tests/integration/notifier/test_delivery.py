@@ -275,3 +275,39 @@ async def test_a_notifier_killed_between_the_servers_250_and_its_commit_resends_
     assert original["Message-ID"] == copy["Message-ID"]
     assert sorted(files_of(original)) == sorted(files_of(copy)) == ids
     assert [(k, s) for k, s, _ in await deliveries(world)] == [("digest", "sent")]  # recorded once
+
+
+async def test_a_revocation_withholds_the_persons_waiting_notices_of_that_program_at_once(world: World) -> None:
+    granted = await world.catalog_api.request(
+        "PUT",
+        f"/v1/programs/KECK/{world.propid}/members/bob",
+        who=world.tokens["alice"],
+        json={"role": "collaborator"},
+    )
+    assert granted.status == 200, await granted.text()
+    await world.subscribe("bob", mission="KECK", propid=world.propid, triggers=["new"], frequency="daily")
+    await world.subscribe("alice", mission="KECK", propid=world.propid, triggers=["new"], frequency="daily")
+    await world.catalog.publish(archived(f"HI.{world.unique}.v1", propid=world.propid))
+
+    async def states() -> dict[str, str]:
+        rows = await world.rows(
+            "SELECT s.username, n.state FROM pending_notices n JOIN subscriptions s USING (subscription_id)"
+        )
+        return {row["username"]: row["state"] for row in rows}
+
+    async def waiting() -> bool:
+        return await states() == {"alice": "pending", "bob": "pending"}
+
+    await eventually(waiting, what="both daily notices waiting")
+
+    revoked = await world.catalog_api.request(
+        "DELETE", f"/v1/programs/KECK/{world.propid}/members/bob", who=world.tokens["alice"]
+    )
+    assert revoked.status == 204
+
+    async def dropped() -> bool:
+        return await states() == {"alice": "pending", "bob": "withheld"}
+
+    # access.changed came through the bus: bob's notice is withheld before its digest time, alice's waits on.
+    await eventually(dropped, what="bob's waiting notice withheld on access.changed")
+    assert world.mailbox.messages == []

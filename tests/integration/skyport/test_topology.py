@@ -43,10 +43,12 @@ def a_command_for(queue: WorkQueue) -> CloudEvent[Any]:
         "file.archived": {"archive_id": "HI.X"},
         "ingest.completed": {"transfer_id": "t", "archive_id": "HI.X", "version": 1},
         "ingest.failed": {"transfer_id": "t", "reason": "test"},
-        # The notifier's queue takes data events (dataset.#): a dataset event stands for its command.
+        # The notifier's queues take data events (dataset.#, access.changed.#): one of each stands for its command.
         "dataset.new": {"mission": "KECK", "propid": "P1", "level": "0", "type": "new"},
+        "access.changed": {"mission": "KECK", "propid": "P1", "username": "u", "change": "revoked"},
     }
-    event_type = "dataset.new" if queue.bindings[0] == "dataset.#" else queue.bindings[0]
+    data_events = {"dataset.#": "dataset.new", "access.changed.#": "access.changed"}
+    event_type = data_events.get(queue.bindings[0], queue.bindings[0])
     model = EVENT_MODELS[event_type]
     return CloudEvent.create(model.model_construct(**samples[event_type]), source="/skyport/tests")
 

@@ -72,11 +72,18 @@ NOTIFIER_DATASET = WorkQueue(
     ("dataset.#",),
     "dataset events to match against subscriptions (declared up front: no event may pass before it exists)",
 )
+NOTIFIER_ACCESS = WorkQueue(
+    "notifier",
+    "notifier.access",
+    ("access.changed.#",),
+    "membership changes: a revocation drops the person's waiting notices of that program at once",
+)
 WORK_QUEUES: tuple[WorkQueue, ...] = (
     RECEIVER_INGEST_RESULTS,
     INGESTOR_TRANSFER_RECEIVED,
     CATALOG_FILE_ARCHIVED,
     NOTIFIER_DATASET,
+    NOTIFIER_ACCESS,
 )
 """Every durable queue of the Skyport services. The gateway has none: each instance needs every event (they
 wake its streams, they are not work to share), so it declares a transient queue of its own when it starts."""
