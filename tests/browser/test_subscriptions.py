@@ -177,6 +177,25 @@ async def test_an_observer_subscribes_from_the_files_view_with_a_preview_then_ed
     await expect(page.get_by_test_id("subscriptions-empty")).to_be_visible()
     assert await notifier_api(flow, token, "GET", "/v1/subscriptions") == {"subscriptions": []}
 
+    # A webhook about one file: the form says what is missing, and the signing secret is shown once.
+    await page.get_by_role("link", name="Add a subscription").click()
+    await page.get_by_label("One file").check()
+    await page.get_by_label("Archive ID").fill(archive_id)
+    await page.get_by_label("Webhook", exact=True).check()
+    await expect(preview).to_contain_text("Enter the address the webhook is sent to.")
+    await page.get_by_label("Webhook address (https)").fill("http://127.0.0.1:9/hook")
+    await expect(preview).to_contain_text("Over the last 30 days these settings would have sent ")
+    await page.get_by_role("button", name="Subscribe").click()
+    message = page.get_by_test_id("subscriptions-message")
+    await expect(message).to_contain_text(f"Subscribed to file {archive_id}. Your webhook's signing secret")
+    [hook] = (await notifier_api(flow, token, "GET", "/v1/subscriptions"))["subscriptions"]
+    assert (hook["archive_id"], hook["channel"], hook["webhook_url"]) == (
+        archive_id,
+        "webhook",
+        "http://127.0.0.1:9/hook",
+    )
+    await expect(rows.locator('[data-column="channel"]')).to_have_text("Webhook to http://127.0.0.1:9/hook")
+
 
 async def test_an_archived_file_of_a_page_subscription_arrives_in_the_inbox_and_reading_it_clears_the_badge(
     notifying_archive: NotifyingArchive,
