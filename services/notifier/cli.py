@@ -198,7 +198,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     for s in found:
         state = "active" if s.active and s.stopped_at is None else "ended" if not s.active else "stopped"
-        level = f" level>={s.min_level}" if s.min_level else ""
+        level = f" level{'>=' if s.or_above else '='}{s.min_level}" if s.min_level else ""
         print(
             f"{s.subscription_id}\t{s.username}\t{s.email}\t{s.what}\t{','.join(s.triggers)}{level}\t"
             f"{s.frequency} {s.time_of_day} {s.time_zone}\t{state}"
