@@ -4,7 +4,7 @@ against the events the notifier recorded, and in-page notices in the inbox, told
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -243,3 +243,56 @@ async def test_an_email_subscription_made_a_webhook_gets_a_secret_once_and_no_pr
     assert (status, answer["channel"], answer["webhook_url"]) == (200, "page", None)
     rows = await world.rows("SELECT webhook_secret FROM subscriptions")
     assert rows[0]["webhook_secret"] is None
+
+
+async def test_a_jwst_subscription_that_names_no_level_is_for_2b_or_above_and_a_keck_one_for_every_level(
+    world: World,
+) -> None:
+    jwst = await world.subscribe("alice", mission="JWST", propid=f"J{world.unique}")
+    keck = await world.subscribe("alice", mission="KECK", propid=world.propid)
+    chosen = await world.subscribe("alice", mission="JWST", propid=f"J{world.unique}", min_level="1B")
+
+    assert (jwst["min_level"], jwst["or_above"]) == ("2b", True)
+    assert keck["min_level"] is None
+    assert chosen["min_level"] == "1b"
+    # Cleared by a change, the level is the mission's default again.
+    status, answer = await world.call(
+        "PATCH", f"/v1/subscriptions/{chosen['subscription_id']}", "alice", {"min_level": None}
+    )
+    assert (status, answer["min_level"]) == (200, "2b")
+
+
+async def test_a_preview_of_one_file_counts_the_events_that_named_it(world: World) -> None:
+    files = [archived(f"HI.{world.unique}.f{n}", propid=world.propid) for n in range(2)]
+    for data in files:
+        await world.catalog.publish(data)
+    await eventually(
+        _counted(world, 3, "SELECT count(*) FROM event_history WHERE propid = $1", world.propid),
+        what="first, new, new recorded",
+    )
+    named = await _count(world, "SELECT count(*) FROM event_history WHERE $1 = ANY(archive_ids)", files[1].archive_id)
+
+    status, answer = await world.call(
+        "POST", "/v1/subscriptions/preview", "alice", {"archive_id": files[1].archive_id, "frequency": "fast"}
+    )
+
+    assert status == 200, answer
+    assert answer["events"] == answer["notices"] == named >= 1
+    assert answer["by_trigger"]["new"] == 1
+
+
+async def test_the_delivery_loop_forgets_events_older_than_previews_look(world: World) -> None:
+    now = datetime.now(UTC)
+    for event_id, age in (("old", timedelta(days=32)), ("recent", timedelta(days=29))):
+        await world.notifier_db.pool.execute(
+            "INSERT INTO event_history (event_id, event_time, type, mission, propid, level, obsets, archive_ids, "
+            "files) VALUES ($1, $2, 'new', 'KECK', $3, '0', '{}', '{}', 0)",
+            f"{world.unique}-{event_id}",
+            now - age,
+            world.propid,
+        )
+
+    assert await world.deliverer.prune_history(now) >= 1
+
+    rows = await world.rows("SELECT event_id FROM event_history WHERE propid = $1", world.propid)
+    assert [r["event_id"] for r in rows] == [f"{world.unique}-recent"]
