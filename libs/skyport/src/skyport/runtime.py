@@ -417,7 +417,7 @@ async def migrate(spec: ServiceSpec[Any], settings: CommonSettings) -> list[str]
     """Apply the spec's pending migrations; returns what was applied."""
     db = await Database.connect(settings.database_url, spec.name, min_size=1, max_size=1)
     try:
-        async with db.pool.acquire() as conn:
+        async with db.session() as conn:  # the migrator's session lock
             return [str(m) for m in await spec.migrator().apply(conn)]
     finally:
         await db.close()
@@ -569,7 +569,7 @@ async def _forget_old_events(db: Database) -> None:
 async def _open_database(spec: ServiceSpec[Any], settings: CommonSettings) -> Database:
     db = await Database.connect(settings.database_url, spec.name)
     try:
-        async with db.pool.acquire() as conn:
+        async with db.session() as conn:  # the migrator's session lock
             migrator = spec.migrator()
             if settings.migrate_on_start:
                 await migrator.apply(conn)

@@ -119,7 +119,7 @@ class OutboxRelay:
                 await asyncio.sleep(self.poll_interval)
 
     async def _run_as_leader(self) -> None:
-        async with self.db.pool.acquire() as listener:
+        async with self.db.session() as listener:
             # A standby polls for the lock: the leader holds it for as long as its connection lives.
             while not await listener.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._lock_key):  # noqa: ASYNC110
                 await asyncio.sleep(self.poll_interval)
