@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from skyport.api.errors import ErrorCode, error_code
-from skyport.transfer import Manifest, TransferState, TransferStatus
+from skyport.transfer import (
+    MAX_STATUS_QUERY,
+    Manifest,
+    TransferState,
+    TransferStatus,
+    TransferStatuses,
+    TransferStatusQuery,
+)
 
 # Files up to this size are read into memory in one piece before they are sent; larger ones are streamed, so that
 # memory stays bounded (upload_concurrency files of this size at most).
@@ -53,16 +61,30 @@ class ArchiveClient:
     async def status(self, transfer_id: str) -> TransferStatus:
         return await self._call("GET", f"/v1/transfers/{transfer_id}")
 
+    async def statuses(self, transfer_ids: Sequence[str]) -> list[TransferStatus]:
+        """The states of many transfers in one request per ``MAX_STATUS_QUERY``; a transfer the archive does not
+        know (for this site) is left out."""
+        found: list[TransferStatus] = []
+        for start in range(0, len(transfer_ids), MAX_STATUS_QUERY):
+            query = TransferStatusQuery(transfer_ids=list(transfer_ids[start : start + MAX_STATUS_QUERY]))
+            body = await self._request("POST", "/v1/transfers/statuses", json=query.model_dump(mode="json"))
+            found += TransferStatuses.model_validate_json(body).transfers
+        return found
+
     async def _call(
         self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> TransferStatus:
+        return TransferStatus.model_validate_json(await self._request(method, path, headers, **kwargs))
+
+    async def _request(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> bytes:
+        """The body of a successful answer; a refusal or a failure is raised as what the monitor should do."""
         try:
             async with self.session.request(
                 method, self.base_url + path, headers={**self.headers, **(headers or {})}, **kwargs
             ) as response:
                 body = await response.read()
                 if response.status in (200, 201):
-                    return TransferStatus.model_validate_json(body)
+                    return body
                 document = _document(body)
                 reason = _reason(document, body) or response.reason or "no reason given"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -26,7 +26,7 @@ from skyport.events import ReplacedContent
 from skyport.fits import InvalidFile, sha256_file
 from skyport.instruments import InstrumentCatalog
 from skyport.runtime import Supervisor
-from skyport.transfer import Manifest, TransferState
+from skyport.transfer import MAX_STATUS_QUERY, Manifest, TransferState
 
 log = structlog.get_logger("skyport.monitor")
 
@@ -505,20 +505,24 @@ class Monitor:
     async def _follow(self) -> None:
         while not self._stopping.is_set():  # see _LOST_CANCELLATION
             await asyncio.sleep(self.settings.follow_interval)
-            uploaded = await self.journal.due((FileState.UPLOADED,), time.time(), limit=200)
-            results = await asyncio.gather(*(self._check(entry) for entry in uploaded), return_exceptions=True)
-            for entry, result in zip(uploaded, results, strict=True):
-                if isinstance(result, Exception):
-                    log.error("transfer status check failed", path=entry.path, error=repr(result))
-
-    async def _check(self, entry: JournalEntry) -> None:
-        assert entry.transfer_id is not None
-        try:
-            status = await self.client.status(entry.transfer_id)
-        except (TransientUploadError, UploadRejected, ContentMismatch) as exc:
-            log.debug("transfer status unavailable", path=entry.path, error=str(exc))
-            return
-        await self._settle_transfer(entry, status.state, status.reason)
+            due = await self.journal.due((FileState.UPLOADED,), time.time(), limit=MAX_STATUS_QUERY)
+            uploaded = {entry.transfer_id: entry for entry in due if entry.transfer_id is not None}
+            if not uploaded:
+                continue
+            try:
+                # One request for every file followed, not one each: a burst's files wait for the ingestor together.
+                statuses = await self.client.statuses(list(uploaded))
+            except (TransientUploadError, UploadRejected, ContentMismatch) as exc:
+                log.debug("transfer states unavailable", files=len(uploaded), error=str(exc))
+                continue
+            for status in statuses:
+                entry = uploaded.get(status.transfer_id)
+                if entry is None:
+                    continue
+                try:
+                    await self._settle_transfer(entry, status.state, status.reason)
+                except Exception as exc:
+                    log.error("transfer status check failed", path=entry.path, error=repr(exc))
 
     async def _settle_transfer(self, entry: JournalEntry, state: TransferState, reason: str | None) -> None:
         if state is TransferState.INGESTED:

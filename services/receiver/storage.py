@@ -136,6 +136,35 @@ class TransferStore:
         row = await self.conn.fetchrow(f"SELECT * FROM transfers WHERE transfer_id = $1{lock}", key)
         return None if row is None else _transfer(row)
 
+    async def statuses(self, site: str, transfer_ids: Sequence[str]) -> list[TransferStatus]:
+        """The states of the site's transfers among ``transfer_ids`` (ids of none are left out), without their
+        manifests: a monitor asks this for every file it follows."""
+        keys = []
+        for transfer_id in transfer_ids:
+            try:
+                keys.append(uuid.UUID(transfer_id))
+            except ValueError:
+                continue
+        rows = await self.conn.fetch(
+            "SELECT transfer_id, state, archive_id, sha256, version, duplicate, reason, updated_at FROM transfers "
+            "WHERE site = $1 AND transfer_id = ANY($2::uuid[])",
+            site,
+            keys,
+        )
+        return [
+            TransferStatus(
+                transfer_id=str(row["transfer_id"]),
+                state=TransferState(row["state"]),
+                archive_id=row["archive_id"],
+                sha256=row["sha256"],
+                version=row["version"],
+                duplicate=row["duplicate"],
+                reason=row["reason"],
+                updated_at=row["updated_at"],
+            )
+            for row in rows
+        ]
+
     async def set_state(
         self,
         transfer_id: str,

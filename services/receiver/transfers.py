@@ -17,7 +17,7 @@ from services.receiver.staging import ChecksumMismatch, StagedFile, Staging, sta
 from services.receiver.storage import Transfer
 from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed, TransferReceived
-from skyport.transfer import Manifest, TransferState
+from skyport.transfer import Manifest, TransferState, TransferStatus
 
 SOURCE = "/skyport/receiver"
 WRITEBACK_BYTES = 4 << 20
@@ -74,6 +74,8 @@ class TransferRecords(Protocol):
     async def create(self, site: str, manifest: Manifest) -> tuple[Transfer, bool]: ...
 
     async def get(self, transfer_id: str, *, for_update: bool = False) -> Transfer | None: ...
+
+    async def statuses(self, site: str, transfer_ids: Sequence[str]) -> list[TransferStatus]: ...
 
     async def set_state(
         self,
@@ -214,6 +216,17 @@ class TransferService:
         if transfer is None or transfer.site != site:
             raise NoSuchTransfer("no such transfer for this site")
         return transfer
+
+    async def statuses(self, site: str, transfer_ids: Sequence[str]) -> list[TransferStatus]:
+        """The states of the site's transfers among ``transfer_ids``, in one query: what a monitor follows."""
+        async with self.database.connection() as unit:
+            return await unit.transfers.statuses(site, transfer_ids)
+
+    async def status(self, site: str, transfer_id: str) -> TransferStatus:
+        found = await self.statuses(site, [transfer_id])
+        if not found:
+            raise NoSuchTransfer("no such transfer for this site")
+        return found[0]
 
     async def upload(
         self, site: str, transfer_id: str, content: AsyncIterable[bytes], declared_size: int | None

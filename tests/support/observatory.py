@@ -7,7 +7,7 @@ import hashlib
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +62,9 @@ class FakeArchive:
 
     async def status(self, transfer_id: str) -> TransferStatus:
         return self.transfers[transfer_id]
+
+    async def statuses(self, transfer_ids: Sequence[str]) -> list[TransferStatus]:
+        return [self.transfers[t] for t in transfer_ids if t in self.transfers]
 
     def versions(self, archive_id: str) -> list[Sent]:
         return [s for s in self.sent if s.manifest.archive_id == archive_id]

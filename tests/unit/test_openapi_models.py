@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from skyport.api import catalog, gateway
 from skyport.api.errors import ErrorBody, ErrorCode
-from skyport.transfer import TransferStatus
+from skyport.transfer import TransferStatus, TransferStatuses
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 DOCUMENTS = {name: SERVICES / name / "openapi.yaml" for name in ("catalog", "receiver", "gateway")}
@@ -31,6 +31,7 @@ ANSWERS: dict[tuple[str, str, str, str], type[BaseModel]] = {
     ("receiver", "/v1/transfers", "post", "200"): TransferStatus,
     ("receiver", "/v1/transfers", "post", "201"): TransferStatus,
     ("receiver", "/v1/transfers/{transfer_id}", "get", "200"): TransferStatus,
+    ("receiver", "/v1/transfers/statuses", "post", "200"): TransferStatuses,
     ("receiver", "/v1/transfers/{transfer_id}/content", "put", "200"): TransferStatus,
     ("gateway", "/v1/tickets", "post", "201"): gateway.Ticket,
 }

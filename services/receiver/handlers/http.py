@@ -25,7 +25,7 @@ from services.receiver.transfers import (
 )
 from skyport.api.errors import ErrorCode
 from skyport.http import ApiError, json_body, json_errors, refuse_nul
-from skyport.transfer import Manifest
+from skyport.transfer import Manifest, TransferStatuses, TransferStatusQuery
 
 CHUNK = 1 << 20
 
@@ -66,6 +66,7 @@ class TransferApi:
             middlewares=[json_errors(refusal), refuse_nul, self.authenticate], client_max_size=1 << 20
         )
         app.router.add_post("/v1/transfers", self.create_transfer)
+        app.router.add_post("/v1/transfers/statuses", self.transfer_statuses)
         app.router.add_put("/v1/transfers/{transfer_id}/content", self.upload_content)
         app.router.add_get("/v1/transfers/{transfer_id}", self.get_transfer)
         return app
@@ -99,7 +100,13 @@ class TransferApi:
         return response
 
     async def get_transfer(self, request: web.Request) -> web.Response:
-        return _status(await self.transfers.get(request["site"], request.match_info["transfer_id"]))
+        status = await self.transfers.status(request["site"], request.match_info["transfer_id"])
+        return web.json_response(text=status.model_dump_json())
+
+    async def transfer_statuses(self, request: web.Request) -> web.Response:
+        query = await json_body(request, TransferStatusQuery, status=422)
+        found = await self.transfers.statuses(request["site"], query.transfer_ids)
+        return web.json_response(text=TransferStatuses(transfers=found).model_dump_json())
 
     async def upload_content(self, request: web.Request) -> web.Response:
         transfer = await self.transfers.upload(

@@ -18,7 +18,7 @@ from services.receiver.transfers import BatchEventHandler, EventHandler
 from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed
 from skyport.http import hash_token
-from skyport.transfer import Manifest, TransferState
+from skyport.transfer import Manifest, TransferState, TransferStatus
 
 
 @dataclass
@@ -64,6 +64,10 @@ class FakeTransfers:
         except ValueError:
             return None
         return self.tables.transfers.get(key)
+
+    async def statuses(self, site: str, transfer_ids: Sequence[str]) -> list[TransferStatus]:
+        found = [await self.get(transfer_id) for transfer_id in transfer_ids]
+        return [transfer.status() for transfer in found if transfer is not None and transfer.site == site]
 
     async def set_state(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,6 +203,18 @@ async def test_a_site_sees_its_own_transfers_only(receiver: Receiver) -> None:
         with pytest.raises(NoSuchTransfer) as refused:
             await receiver.transfers.get(site, transfer_id)
         assert refused_as(refused.value) == (404, ErrorCode.NOT_FOUND)
+        with pytest.raises(NoSuchTransfer):
+            await receiver.transfers.status(site, transfer_id)
+    # Asked in one question, another site's transfer and an id of none are left out of the answer.
+    other, _ = await receiver.transfers.create("subaru", manifest(PARTIAL))
+    asked = [transfer.transfer_id, other.transfer_id, "not-a-uuid", str(uuid.uuid4())]
+    (found,) = await receiver.transfers.statuses("keck", asked)
+    assert (found.transfer_id, found.state, found.sha256) == (
+        transfer.transfer_id,
+        TransferState.CREATED,
+        transfer.manifest.sha256,
+    )
+    assert await receiver.transfers.status("keck", transfer.transfer_id) == found
 
 
 async def test_uploads_beyond_the_limit_are_told_to_retry(tmp_path: Path) -> None:

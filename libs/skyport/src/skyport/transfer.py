@@ -85,3 +85,24 @@ class TransferStatus(BaseModel):
     duplicate: bool = False
     reason: str | None = None
     updated_at: datetime
+
+
+# How many transfers one status question may name: a monitor asks for its uploaded files in rounds of this many.
+MAX_STATUS_QUERY = 500
+
+
+class TransferStatusQuery(BaseModel):
+    """The body of ``POST /v1/transfers/statuses``: the transfers whose states a site asks for, in one round trip."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    transfer_ids: list[str] = Field(max_length=MAX_STATUS_QUERY)
+
+
+class TransferStatuses(BaseModel):
+    """The answer of ``POST /v1/transfers/statuses``: the asking site's transfers among those named (an id of no
+    transfer of this site is left out)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transfers: list[TransferStatus]
