@@ -112,6 +112,12 @@ async def test_the_demo_runs_a_night_in_one_process_and_stops_cleanly(tmp_path: 
                 shown = await response.text()
             assert "skyport-notice.json" in shown
             assert '<iframe sandbox=""' in shown  # the email's HTML part, which can run nothing
+            # Its links go through the observer page's address, which forwards them to the notifier: the one-click
+            # unsubscribe answers there without signing in.
+            unsubscribe = str(message["List-Unsubscribe"]).strip("<>")
+            assert unsubscribe.startswith(f"http://127.0.0.1:{port}/v1/unsubscribe?")
+            async with http.get(unsubscribe) as response:
+                assert response.status == 200
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(read_until(r"Skyport demo stopped"), 60)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
