@@ -22,6 +22,10 @@ class LevelOrder:
             {name: m.notify_default_level for name, m in missions if m.notify_default_level is not None},
         )
 
+    def missions(self) -> dict[str, tuple[str, ...]]:
+        """Each mission's levels, lowest first."""
+        return dict(self._levels)
+
     def default(self, mission: str) -> str | None:
         """The level a subscription to ``mission`` that names none starts from (``notify_default_level``)."""
         return self._defaults.get(mission.upper())

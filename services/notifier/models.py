@@ -153,6 +153,18 @@ class Preview(BaseModel):
     last: datetime | None
 
 
+class MissionLevels(BaseModel):
+    mission: str
+    levels: list[str] = Field(description="Lowest first")
+    default_level: str | None = Field(description="A subscription's level when it names none (or above)")
+
+
+class Levels(BaseModel):
+    """``GET /v1/subscriptions/levels``: what ``min_level`` may be, mission by mission."""
+
+    missions: list[MissionLevels]
+
+
 class InboxNotice(BaseModel):
     """One in-page notice: one program, trigger and level of one delivery."""
 

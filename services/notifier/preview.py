@@ -18,13 +18,12 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-import asyncpg
-
 from services.notifier import storage
 from services.notifier.catalog_client import CatalogClient
 from services.notifier.levels import LevelOrder
 from services.notifier.models import TRIGGERS, Preview, SubscriptionRequest
 from services.notifier.schedule import next_delivery
+from skyport.db import Database
 
 DAYS = 30
 HISTORY_DAYS = DAYS + 1  # kept a day longer than previewed, so a preview's first day is whole
@@ -132,7 +131,7 @@ async def visible_events(
 
 
 async def preview(
-    conn: asyncpg.Connection,
+    db: Database,
     catalog: CatalogClient,
     levels: LevelOrder,
     username: str,
@@ -143,12 +142,14 @@ async def preview(
     fast_per_hour: int,
 ) -> Preview:
     """What ``request`` (already :func:`subscriptions.checked`) would have sent ``username`` in the last 30 days."""
-    past = await storage.history(
-        conn,
-        now - timedelta(days=DAYS),
-        mission=request.mission,
-        propid=request.propid,
-        archive_id=request.archive_id,
-    )
+    async with db.transaction() as conn:
+        past = await storage.history(
+            conn,
+            now - timedelta(days=DAYS),
+            mission=request.mission,
+            propid=request.propid,
+            archive_id=request.archive_id,
+        )
+    # Asked with no connection held: the catalog's answer may take a while, the pool is for everyone.
     seen = await visible_events(catalog, username, past)
     return summarise(levels, request, seen, now=now, coalesce_window=coalesce_window, fast_per_hour=fast_per_hour)

@@ -39,8 +39,8 @@ async def checked(
     """The request as it would be kept, or Refused naming the field to change: the time zone known, the level
     spelled as the mission's configuration spells it (a level that is not the mission's could never match), the
     mission's ``notify_default_level`` when it names none, the webhook URL acceptable (https, and a host on the
-    public internet: ``webhooks.check_receiver``). Creating, changing and
-    previewing a subscription all go through here, so a preview is of what would be kept."""
+    public internet: ``webhooks.check_receiver``). Creating, changing and previewing a subscription all go through
+    here, so a preview is of what would be kept."""
     try:
         zone(request.time_zone)
     except ValueError as exc:

@@ -23,6 +23,8 @@ from services.notifier.models import (
     Inbox,
     InboxNotice,
     InboxRead,
+    Levels,
+    MissionLevels,
     SubscriptionChange,
     SubscriptionList,
     SubscriptionRequest,
@@ -75,6 +77,7 @@ class NotifierApi:
         app.router.add_get("/v1/subscriptions", self.list)
         app.router.add_post("/v1/subscriptions", self.create)
         app.router.add_post("/v1/subscriptions/preview", self.preview)
+        app.router.add_get("/v1/subscriptions/levels", self.levels_of_missions)
         app.router.add_patch("/v1/subscriptions/{subscription_id}", self.change)
         app.router.add_delete("/v1/subscriptions/{subscription_id}", self.delete)
         app.router.add_post("/v1/subscriptions/{subscription_id}/rotate-secret", self.rotate_secret)
@@ -144,6 +147,14 @@ class NotifierApi:
             raise ApiError(404, "you have no such subscription")
         return web.json_response(text=rotated.model_dump_json())
 
+    async def levels_of_missions(self, request: web.Request) -> web.Response:
+        """Each mission's level order and default level, for a form's level choice (configuration: no sign-in)."""
+        missions = [
+            MissionLevels(mission=name, levels=list(order), default_level=self.levels.default(name))
+            for name, order in sorted(self.levels.missions().items())
+        ]
+        return web.json_response(text=Levels(missions=missions).model_dump_json())
+
     async def preview(self, request: web.Request) -> web.Response:
         """What a subscription (the body of a create) would have sent over the last 30 days; nothing is kept."""
         username, _ = await self._signed_in(request)
@@ -151,17 +162,16 @@ class NotifierApi:
         wanted = await subscriptions.checked(
             self.levels, body, allow_http_webhooks=self.allow_http_webhooks, resolve=self.resolve
         )
-        async with self.db.transaction() as conn:
-            answer = await preview.preview(
-                conn,
-                self.catalog,
-                self.levels,
-                username,
-                wanted,
-                now=self.clock(),
-                coalesce_window=self.coalesce_window,
-                fast_per_hour=self.fast_per_hour,
-            )
+        answer = await preview.preview(
+            self.db,
+            self.catalog,
+            self.levels,
+            username,
+            wanted,
+            now=self.clock(),
+            coalesce_window=self.coalesce_window,
+            fast_per_hour=self.fast_per_hour,
+        )
         return web.json_response(text=answer.model_dump_json())
 
     async def inbox(self, request: web.Request) -> web.Response:

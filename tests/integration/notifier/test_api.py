@@ -296,3 +296,12 @@ async def test_the_delivery_loop_forgets_events_older_than_previews_look(world: 
 
     rows = await world.rows("SELECT event_id FROM event_history WHERE propid = $1", world.propid)
     assert [r["event_id"] for r in rows] == [f"{world.unique}-recent"]
+
+
+async def test_the_levels_a_subscription_may_name_are_the_configurations(world: World) -> None:
+    response = await world.notifier.get("/v1/subscriptions/levels")  # configuration: no sign-in
+
+    assert response.status == 200
+    missions = {m["mission"]: m for m in (await response.json())["missions"]}
+    assert missions["JWST"] == {"mission": "JWST", "levels": ["1b", "2a", "2b", "3"], "default_level": "2b"}
+    assert missions["KECK"] == {"mission": "KECK", "levels": ["0", "1", "2"], "default_level": None}
