@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,24 +59,47 @@ async def skyport(*args: str, env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
-async def start_service(env: dict[str, str]) -> Running:
+async def _start(env: dict[str, str]) -> Running:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "skyport", "run", SERVICE, env=env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     lines: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        raw = await asyncio.wait_for(proc.stderr.readline(), 30)
-        if not raw:
-            raise AssertionError(f"the service exited before it was ready: {lines}")
-        line = json.loads(raw)
-        lines.append(line)
-        if line.get("event") == "ready":
-            running = Running(proc, int(line["health_port"]), lines)
-            asyncio.get_running_loop().create_task(_collect(proc, lines))
-            return running
-    raise AssertionError("the service was not ready within 30 s")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            raw = await asyncio.wait_for(proc.stderr.readline(), 30)
+            if not raw:
+                raise AssertionError(f"the service exited before it was ready: {lines}")
+            line = json.loads(raw)
+            lines.append(line)
+            if line.get("event") == "ready":
+                running = Running(proc, int(line["health_port"]), lines)
+                asyncio.get_running_loop().create_task(_collect(proc, lines))
+                return running
+        raise AssertionError("the service was not ready within 30 s")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+
+
+@pytest.fixture
+async def start_service() -> AsyncIterator[Callable[[dict[str, str]], Awaitable[Running]]]:
+    """Starts the service in a process of its own; one a failed test left running is killed afterwards."""
+    started: list[Running] = []
+
+    async def start(env: dict[str, str]) -> Running:
+        running = await _start(env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.returncode is None:
+            running.proc.kill()
+            await running.proc.wait()
 
 
 async def _collect(proc: asyncio.subprocess.Process, lines: list[dict[str, Any]]) -> None:
@@ -124,7 +149,12 @@ async def drain(bus: Bus, queue: str) -> set[str]:
 
 
 async def test_sigterm_lets_in_flight_work_finish_and_loses_nothing(
-    migrated: None, amqp_url: str, database_url: str, bus: Bus, unique: str
+    migrated: None,
+    amqp_url: str,
+    database_url: str,
+    bus: Bus,
+    unique: str,
+    start_service: Callable[[dict[str, str]], Awaitable[Running]],
 ) -> None:
     env = service_env(
         amqp_url,
@@ -167,7 +197,12 @@ async def test_sigterm_lets_in_flight_work_finish_and_loses_nothing(
 
 
 async def test_sigterm_returns_work_that_outlives_the_deadline_to_the_queue(
-    migrated: None, amqp_url: str, database_url: str, bus: Bus, unique: str
+    migrated: None,
+    amqp_url: str,
+    database_url: str,
+    bus: Bus,
+    unique: str,
+    start_service: Callable[[dict[str, str]], Awaitable[Running]],
 ) -> None:
     env = service_env(
         amqp_url, database_url, slow_queue=unique, slow_handle_seconds=60, slow_prefetch=4, shutdown_timeout=1
