@@ -119,17 +119,24 @@ async def test_an_observer_subscribes_from_the_files_view_with_a_preview_then_ed
     await page.get_by_label("How often").select_option("fast")
     # (fast: the first at once, the other folded into the next notice after the coalescing window)
     await expect(preview).to_have_text("Over the last 30 days these settings would have sent 2 emails about 2 events.")
-    # A level the mission does not have: the notifier's own words, in the preview and when saving.
-    await page.get_by_label("Level").fill("9")
-    await expect(preview).to_contain_text("No preview: ")
-    await expect(preview).to_contain_text("(lowest first: 0, 1, 2)")
-    await page.get_by_role("button", name="Subscribe").click()
-    await expect(page.get_by_test_id("subscription-form-error")).to_contain_text("Could not save: ")
-    await page.get_by_label("Level").fill("1")
+    # The levels are the mission's, lowest first; level 1 or above leaves out the raw file.
+    level = page.get_by_label("Level")
+    await expect(level.locator("option")).to_have_text(["Every level", "Level 0", "Level 1", "Level 2"])
+    await level.select_option("1")
     await expect(preview).to_have_text(
         "Over the last 30 days these settings would have sent nothing (2 events, none of these kinds or levels)."
     )
-    await page.get_by_label("Level").fill("")
+    await level.select_option("")
+    # A time zone that does not exist: the notifier's own words, in the preview and when saving.
+    await page.get_by_label("How often").select_option("daily")
+    await page.get_by_label("Time zone").fill("Mars/Olympus_Mons")
+    await expect(preview).to_contain_text("No preview: ")
+    await expect(preview).to_contain_text("Mars/Olympus_Mons")
+    await page.get_by_role("button", name="Subscribe").click()
+    await expect(page.get_by_test_id("subscription-form-error")).to_contain_text("Could not save: ")
+    await page.get_by_label("Time zone").fill("Europe/Paris")
+    await expect(page.get_by_test_id("subscription-form-error")).to_be_hidden()
+    await page.get_by_label("How often").select_option("fast")
     await page.get_by_label("First data of the program").uncheck()
     await expect(preview).to_have_text("Over the last 30 days these settings would have sent 1 email about 1 event.")
     await shoot(page, "subscription-form")

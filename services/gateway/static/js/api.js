@@ -78,6 +78,11 @@ export class Api {
     return this.request("GET", "/v1/subscriptions");
   }
 
+  /** Each mission's levels, lowest first, and its default: {missions: [{mission, levels, default_level}]}. */
+  levels() {
+    return this.request("GET", "/v1/subscriptions/levels");
+  }
+
   subscribe(request) {
     return this.request("POST", "/v1/subscriptions", request);
   }

@@ -109,6 +109,19 @@ export function requestOf(form) {
   return body;
 }
 
+/** The notifier's level orders (GET /v1/subscriptions/levels) by mission: {KECK: {levels, defaultLevel}}. */
+export function levelOrders(answer) {
+  const missions = Array.isArray(answer && answer.missions) ? answer.missions : [];
+  return Object.fromEntries(
+    missions.map((m) => [String(m.mission).toUpperCase(), { levels: m.levels || [], defaultLevel: m.default_level ?? null }]),
+  );
+}
+
+/** What an empty level means for a mission's subscription, in words. */
+export function defaultLevelText(order) {
+  return order && order.defaultLevel ? `The mission's default: ${order.defaultLevel} or above` : "Every level";
+}
+
 function plural(n, one, many) {
   return `${n.toLocaleString("en")} ${n === 1 ? one : many}`;
 }

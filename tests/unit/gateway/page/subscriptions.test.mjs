@@ -7,8 +7,10 @@ import { test } from "node:test";
 import { hashOf, routeOf } from "../../../../services/gateway/static/js/router.js";
 import {
   changeOf,
+  defaultLevelText,
   describe,
   formOf,
+  levelOrders,
   missing,
   newForm,
   previewText,
@@ -147,4 +149,17 @@ test("a preview says how many messages about how many events, in the channel's w
     previewText({ ...answer, events: 0, notices: 0, messages: 0 }, "webhook"),
     "Over the last 30 days these settings would have sent nothing.",
   );
+});
+
+test("the notifier's level orders, by mission, and what an empty level means", () => {
+  const orders = levelOrders({
+    missions: [
+      { mission: "JWST", levels: ["1b", "2a", "2b", "3"], default_level: "2b" },
+      { mission: "keck", levels: ["0", "1", "2"], default_level: null },
+    ],
+  });
+  assert.deepEqual(orders.KECK, { levels: ["0", "1", "2"], defaultLevel: null });
+  assert.equal(defaultLevelText(orders.JWST), "The mission's default: 2b or above");
+  assert.equal(defaultLevelText(orders.KECK), "Every level");
+  assert.deepEqual(levelOrders(null), {}, "no answer: no orders, and the form takes any text");
 });

@@ -11,8 +11,10 @@ import {
   TRIGGERS,
   browserTimeZone,
   changeOf,
+  defaultLevelText,
   describe,
   formOf,
+  levelOrders,
   missing,
   newForm,
   previewText,
@@ -24,23 +26,22 @@ const PREVIEW_DELAY_MS = 400; // a preview once the user pauses, not one per key
 /** ``session``: js/session.js; ``route``: {name, id, params} (id "new", a subscription's id, or ""). */
 export function SubscriptionsView({ session, route, onSignOut }) {
   const { api } = session;
-  const [list, setList] = useState({ loaded: false, subscriptions: [], levels: {} });
+  const [list, setList] = useState({ loaded: false, subscriptions: [] });
+  const [levels, setLevels] = useState({}); // by mission; empty until known (the form then takes any text)
   const [result, setResult] = useState({ message: "", error: "" });
   const [reloads, setReloads] = useState(0);
 
   useEffect(() => {
     let current = true;
     api.subscriptions().then(
-      (body) =>
-        current &&
-        setList({ loaded: true, subscriptions: (body && body.subscriptions) || [], levels: (body && body.levels) || {} }),
+      (body) => current && setList({ loaded: true, subscriptions: (body && body.subscriptions) || [] }),
       (err) => {
         if (!current) return;
         if (err.status === 401) {
           onSignOut(`Signed out: ${err.message}`);
           return;
         }
-        setList({ loaded: true, subscriptions: [], levels: {} });
+        setList({ loaded: true, subscriptions: [] });
         setResult({ message: "", error: `Cannot read your subscriptions: ${err.message}` });
       },
     );
@@ -48,6 +49,19 @@ export function SubscriptionsView({ session, route, onSignOut }) {
       current = false;
     };
   }, [reloads]);
+
+  // The missions' level orders are configuration: asked once per visit. Without them the level is free text
+  // (and the notifier's refusal of a wrong one names the mission's levels).
+  useEffect(() => {
+    let current = true;
+    api.levels().then(
+      (body) => current && setLevels(levelOrders(body)),
+      () => undefined,
+    );
+    return () => {
+      current = false;
+    };
+  }, []);
 
   const refused = (err, what) => {
     if (err.status === 401) onSignOut(`Signed out: ${err.message}`);
@@ -75,10 +89,10 @@ export function SubscriptionsView({ session, route, onSignOut }) {
   if (route.id === "new") {
     const initial = newForm(route.params, browserTimeZone());
     form = html`<${SubscriptionForm} key=${`new:${JSON.stringify(route.params)}`} api=${api} initial=${initial}
-      programs=${session.programs} levels=${list.levels} onSaved=${saved} onRefused=${refused} />`;
+      programs=${session.programs} levels=${levels} onSaved=${saved} onRefused=${refused} />`;
   } else if (editing) {
     form = html`<${SubscriptionForm} key=${`edit:${route.id}`} api=${api} initial=${formOf(editing)}
-      subscription=${editing} programs=${session.programs} levels=${list.levels} onSaved=${saved}
+      subscription=${editing} programs=${session.programs} levels=${levels} onSaved=${saved}
       onRefused=${refused} />`;
   }
   const unknown = route.id && route.id !== "new" && list.loaded && !editing;
@@ -172,8 +186,8 @@ function SubscriptionRow({ subscription, onRemove }) {
   `;
 }
 
-/** The add and edit form: ``subscription`` (when editing) is the one kept; ``levels``: {mission: [lowest first]},
- * when the notifier gives them; ``onSaved(message)``; ``onRefused(err, what)``. */
+/** The add and edit form: ``subscription`` (when editing) is the one kept; ``levels``: levelOrders(), {} when not
+ * known; ``onSaved(message)``; ``onRefused(err, what)``. */
 function SubscriptionForm({ api, initial, subscription, programs, levels, onSaved, onRefused }) {
   const [form, setForm] = useState(initial);
   const [preview, setPreview] = useState({ text: "", error: "", pending: false });
@@ -240,7 +254,10 @@ function SubscriptionForm({ api, initial, subscription, programs, levels, onSave
     }
   };
 
-  const missionLevels = levels[form.mission.trim().toUpperCase()] || null;
+  const order = levels[form.mission.trim().toUpperCase()] || null;
+  // A kept level the configuration no longer lists stays choosable, so that editing does not change it unasked.
+  const kept = order && form.minLevel && !order.levels.includes(form.minLevel) ? [form.minLevel] : [];
+  const choices = order ? [...order.levels, ...kept] : [];
   const title = editing ? `Edit your subscription to ${describe(subscription).what}` : "New subscription";
   return html`
     <form id="subscription-form" class="subscription-form" data-testid="subscription-form" onSubmit=${submit}
@@ -264,17 +281,17 @@ function SubscriptionForm({ api, initial, subscription, programs, levels, onSave
         ${form.target === "program" &&
         html`<div class="field">
             <label for="subscription-level">Level</label>
-            ${missionLevels
+            ${order
               ? html`<select id="subscription-level" data-testid="subscription-level" value=${form.minLevel}
                              onChange=${field("minLevel")}>
-                  <option value="">The mission's default</option>
-                  ${missionLevels.map((l) => html`<option key=${l} value=${l}>${`Level ${l}`}</option>`)}
+                  <option value="">${defaultLevelText(order)}</option>
+                  ${choices.map((l) => html`<option key=${l} value=${l}>${`Level ${l}`}</option>`)}
                 </select>`
               : html`<input id="subscription-level" data-testid="subscription-level" value=${form.minLevel}
-                            autocomplete="off" spellcheck="false"
-                            aria-describedby="subscription-level-help" onInput=${field("minLevel")} />`}
-            <span id="subscription-level-help" class="field-help">Empty: the mission's default, or every
-              level</span>
+                            autocomplete="off" spellcheck="false" aria-describedby="subscription-level-help"
+                            onInput=${field("minLevel")} />
+                  <span id="subscription-level-help" class="field-help">Empty: the mission's default, or every
+                    level</span>`}
           </div>
           <label class="choice or-above">
             <input type="checkbox" checked=${form.orAbove} data-testid="subscription-or-above"
