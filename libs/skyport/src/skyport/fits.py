@@ -34,7 +34,8 @@ import numpy as np
 from astropy.io import fits as astropy_fits
 from astropy.io.fits.file import _File as _AstropyFile
 from astropy.io.fits.hdu.base import _BaseHDU
-from astropy.io.fits.verify import VerifyError
+from astropy.io.fits.verify import VerifyError, VerifyWarning
+from astropy.utils.exceptions import AstropyUserWarning
 
 FITS_BLOCK = 2880
 CARD_LENGTH = 80
@@ -42,6 +43,13 @@ CARD_LENGTH = 80
 # A header longer than this is not a header still being written but a file without an END card; 10,000 blocks
 # (28.8 MB, over 350,000 cards) is far beyond any instrument's header, and it bounds the scan of a broken file.
 MAX_HEADER_BLOCKS = 10_000
+
+# astropy tells of card-format quibbles (VerifyWarning) and of an HDU read from its header alone ("File may have
+# been truncated") through the warnings module; verify_fits judges both itself and says so in its own words. The
+# filters are set once, here, and never swapped per call: warnings.catch_warnings replaces the process's filter list
+# for the duration, which is not safe when files are evaluated in threads (the ingestor, the scrubber).
+warnings.filterwarnings("ignore", category=VerifyWarning)
+warnings.filterwarnings("ignore", message="File may have been truncated", category=AstropyUserWarning)
 
 _END_CARD = b"END" + b" " * 77
 _PRIMARY_START = b"SIMPLE  ="
@@ -261,9 +269,7 @@ def _iter_hdus(stream: Any, size: int) -> Iterator[_HduLayout]:
         header_bytes = _read_header_bytes(stream, offset, size, index)
         # A finished header whose layout cards astropy cannot parse (NAXIS1 = abc) is final: appending mends nothing.
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # card-format quibbles are verify_fits's business, not the layout's
-                header = astropy_fits.Header.fromstring(header_bytes)
+            header = astropy_fits.Header.fromstring(header_bytes)
             name = _hdu_name(header, index)
             simple = header.get("SIMPLE") if index == 0 else True
         except (ValueError, VerifyError) as exc:
@@ -551,14 +557,12 @@ def _astropy_hdu(layout: _HduLayout) -> Any:
     it finds), and refuses the file when that is the primary HDU or when reading raises an OSError.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdu = _BaseHDU.readfrom(_AstropyFile(io.BytesIO(layout.header_bytes)), **_ASTROPY_OPEN_KWARGS)
-            if layout.index == 0 and isinstance(hdu, astropy_fits.PrimaryHDU):
-                # fits.open looks at the primary EXTEND card as soon as it has the primary HDU.
-                header = hdu.header
-                if "EXTEND" in header:
-                    _ = header["EXTEND"]  # parsed for its error only
+        hdu = _BaseHDU.readfrom(_AstropyFile(io.BytesIO(layout.header_bytes)), **_ASTROPY_OPEN_KWARGS)
+        if layout.index == 0 and isinstance(hdu, astropy_fits.PrimaryHDU):
+            # fits.open looks at the primary EXTEND card as soon as it has the primary HDU.
+            header = hdu.header
+            if "EXTEND" in header:
+                _ = header["EXTEND"]  # parsed for its error only
     except (ValueError, VerifyError):
         if layout.index == 0:
             raise _AstropyStop("Empty or corrupt FITS file") from None
@@ -627,10 +631,8 @@ class _HduCheck:
             if _fold(header_sum.value + self.datasum) == 0xFFFFFFFF:
                 return True
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                datasum = self.datasum if "DATASUM" in self.hdu.header else 0
-                return bool(self.hdu._calculate_checksum(datasum) == self.hdu.header["CHECKSUM"])
+            datasum = self.datasum if "DATASUM" in self.hdu.header else 0
+            return bool(self.hdu._calculate_checksum(datasum) == self.hdu.header["CHECKSUM"])
         except (ValueError, VerifyError):
             return False
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import astropy.units as u
 from astropy.coordinates import Angle
+from astropy.coordinates.angles.errors import IllegalHourWarning, IllegalMinuteWarning, IllegalSecondWarning
 from astropy.io.fits.card import Undefined
 from astropy.time import Time
 
@@ -31,6 +32,12 @@ from skyport.instruments.models import (
     ProductKind,
     TimeSource,
 )
+
+# astropy warns of 24 h and 60 s in a sexagesimal angle before the rules' range check refuses them in words of its
+# own. Filtered once, here: warnings.catch_warnings around each parse would swap the process's filter list, which is
+# not safe when headers are evaluated in threads.
+for _category in (IllegalHourWarning, IllegalMinuteWarning, IllegalSecondWarning):
+    warnings.filterwarnings("ignore", category=_category)
 
 # Routing keys and storage paths carry the propid and the archive ID: they must be plain words.
 _PROPID = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -154,9 +161,7 @@ def _parse(rule: KeywordRule, raw: Any) -> Any:
             raise ValueError("is not an ISO date and time YYYY-MM-DDTHH:MM:SS[.sss]") from None
     # sexagesimal
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # astropy warns of 24h and 60s before the range check says so
-            return Angle(text, unit=u.Unit(rule.unit))
+        return Angle(text, unit=u.Unit(rule.unit))
     except ValueError as exc:
         raise ValueError(f"is not a sexagesimal angle in {rule.unit}: {exc}") from None
 
