@@ -28,6 +28,8 @@ from skyport.http import ApiError, json_body, json_errors, refuse_nul
 from skyport.transfer import Manifest, TransferStatuses, TransferStatusQuery
 
 CHUNK = 1 << 20
+# A transfer id in a path: a UUID, with or without its hyphens, in either case (the service checks it is one).
+_UUID = "[0-9A-Fa-f-]{32,36}"
 
 log = structlog.get_logger("skyport.receiver")
 
@@ -67,8 +69,9 @@ class TransferApi:
         )
         app.router.add_post("/v1/transfers", self.create_transfer)
         app.router.add_post("/v1/transfers/statuses", self.transfer_statuses)
-        app.router.add_put("/v1/transfers/{transfer_id}/content", self.upload_content)
-        app.router.add_get("/v1/transfers/{transfer_id}", self.get_transfer)
+        # A transfer id is a UUID: so /v1/transfers/statuses is no transfer, and allows POST alone.
+        app.router.add_put(f"/v1/transfers/{{transfer_id:{_UUID}}}/content", self.upload_content)
+        app.router.add_get(f"/v1/transfers/{{transfer_id:{_UUID}}}", self.get_transfer)
         return app
 
     @web.middleware
