@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
+import pytest
+
 from services.notifier import cli
 from services.notifier.mailer import SmtpMailer, SmtpResult
 from tests.integration.notifier.conftest import World
@@ -84,10 +86,11 @@ async def test_an_administrator_who_is_no_member_is_told_of_proprietary_data_as_
     assert files_of(world.mailbox.messages[0]) == [data.archive_id]
 
 
+@pytest.mark.timeout(240)
 async def test_a_burst_makes_a_few_fast_emails_listing_every_file_and_one_daily_digest(world: World) -> None:
     await world.subscribe("alice", mission="KECK", propid=world.propid, triggers=["repro"], frequency="fast")
     await world.subscribe("alice", mission="KECK", propid=world.propid, triggers=["repro"], frequency="daily")
-    ids = [f"HI.{world.unique}.b{i:02d}" for i in range(50)]
+    ids = [f"HI.{world.unique}.b{i:03d}" for i in range(500)]  # a program of 500 files
     for archive_id in ids:
         await world.catalog.publish(archived(archive_id, propid=world.propid))
     for archive_id in ids:  # the whole program reprocessed with build 11.2
@@ -97,7 +100,7 @@ async def test_a_burst_makes_a_few_fast_emails_listing_every_file_and_one_daily_
         told = {i for m in world.mailbox.messages if kind_of(m) == "fast" for i in files_of(m)}
         return told == set(ids)
 
-    await eventually(all_told_fast, what="every file told in fast emails")
+    await eventually(all_told_fast, what="every file told in fast emails", timeout=120)
     fast = [m for m in world.mailbox.messages if kind_of(m) == "fast"]
     # The first of the burst at once, the rest folded into the next after the coalescing window (2 s here).
     assert 1 <= len(fast) <= 3, [len(files_of(m)) for m in fast]
@@ -108,7 +111,7 @@ async def test_a_burst_makes_a_few_fast_emails_listing_every_file_and_one_daily_
     world.deliverer.clock = two_days_on  # the daily digest's time comes
     world.deliverer.wake.set()
     await eventually(
-        lambda: any(kind_of(m) == "digest" for m in world.mailbox.messages), what="the daily digest", timeout=20
+        lambda: any(kind_of(m) == "digest" for m in world.mailbox.messages), what="the daily digest", timeout=60
     )
     await eventually(lambda: none_pending(world), what="nothing left to send")
     for _ in range(3):  # more rounds find nothing more to send
