@@ -443,7 +443,8 @@ class CpuClock:
     Each service's figure is followed by its kernel (system) share: page cache, file system, loopback TCP, and in a
     virtual machine the first touch of memory that the host had taken back. The machine's figure is split into
     user, system, interrupts and steal (time the hypervisor gave to others); waiting for the disk counts as idle.
-    Whatever else ran meanwhile is named, since on a shared machine it is taken from the figures.
+    A service's child processes count as the service (the monitor's DEP workers). Whatever else ran meanwhile is
+    named, since on a shared machine it is taken from the figures.
     """
 
     SERVERS = {"beam.smp": "rabbitmq", "erl_child_setup": "rabbitmq", "epmd": "rabbitmq", "postgres": "postgresql"}
@@ -451,19 +452,25 @@ class CpuClock:
     def __init__(self, pids: dict[str, int]) -> None:
         self.names = {pid: name for name, pid in pids.items()}
         self.tick = os.sysconf("SC_CLK_TCK")
-        self._processes: dict[int, tuple[str, float, float]] = {}
+        self._processes: dict[int, tuple[str, int, float, float]] = {}
         self._machine: dict[str, float] = {}
         self._wall = 0.0
         self.used: dict[str, float] = {}  # CPU seconds per process (or server) at the last report()
 
-    def _read(self) -> tuple[dict[int, tuple[str, float, float]], dict[str, float]]:
-        processes: dict[int, tuple[str, float, float]] = {}
+    def _read(self) -> tuple[dict[int, tuple[str, int, float, float]], dict[str, float]]:
+        """(command, parent, user seconds, system seconds) of every process, and the machine's CPU seconds."""
+        processes: dict[int, tuple[str, int, float, float]] = {}
         for entry in os.listdir("/proc"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 text = Path(f"/proc/{entry}/stat").read_text()
                 fields = text[text.rindex(")") + 1 :].split()
                 command = text[text.index("(") + 1 : text.rindex(")")]
-                processes[int(entry)] = (command, int(fields[11]) / self.tick, int(fields[12]) / self.tick)
+                processes[int(entry)] = (
+                    command,
+                    int(fields[1]),
+                    int(fields[11]) / self.tick,
+                    int(fields[12]) / self.tick,
+                )
         machine: dict[str, float] = {}
         with contextlib.suppress(OSError, ValueError):
             cpu = [int(v) / self.tick for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -480,10 +487,10 @@ class CpuClock:
         processes, machine = self._read()
         ours: dict[str, list[float]] = {name: [0.0, 0.0] for name in self.names.values()}  # [total, system]
         others: dict[str, float] = {}
-        for pid, (command, user, system) in processes.items():
-            _, user_before, system_before = self._processes.get(pid, (command, 0.0, 0.0))
+        for pid, (command, parent, user, system) in processes.items():
+            _, _, user_before, system_before = self._processes.get(pid, (command, parent, 0.0, 0.0))
             used = user - user_before + system - system_before
-            group = self.names.get(pid) or self.SERVERS.get(command)
+            group = self.names.get(pid) or self.names.get(parent) or self.SERVERS.get(command)
             if group is not None:
                 figures = ours.setdefault(group, [0.0, 0.0])
                 figures[0] += used
