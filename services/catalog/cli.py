@@ -9,14 +9,10 @@ changes made here are announced (``access.changed``) like the PI's own, by the r
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-import asyncpg
 
 from services.catalog import programs, users
 from services.catalog.access import ROLES, Role
@@ -24,18 +20,14 @@ from services.catalog.errors import MembershipRefused, NotAllowed, UnknownProgra
 from services.catalog.membership import MembershipChange, grant, revoke
 from services.catalog.storage.programs import Program, ProgramSummary
 from services.catalog.storage.users import User
+from skyport.commands import CommandError, reported, with_database
 from skyport.db import Database
-from skyport.settings import CommonSettings
 
 SCHEMA = "catalog"
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,127}$")
 _MISSION = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 T = TypeVar("T")
-
-
-class CommandError(Exception):
-    """A mistake an operator can fix, reported in one line."""
 
 
 def check_username(username: str) -> str:
@@ -179,30 +171,10 @@ def add_commands(commands: Any) -> None:
 
 
 def _run(command: Callable[[Database], Awaitable[T]]) -> T:
-    settings = CommonSettings()
-
-    async def main() -> T:
-        db = await Database.connect(settings.database_url, SCHEMA, min_size=1, max_size=1)
-        try:
-            return await command(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(main())
+    return with_database(SCHEMA, command)
 
 
-def _reported(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (CommandError, UnknownUser, UnknownProgram, MembershipRefused, NotAllowed) as exc:
-            print(f"skyport catalog: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-            return 1
-        except asyncpg.UndefinedTableError:
-            print("skyport catalog: the catalog schema is missing: run `skyport migrate catalog`", file=sys.stderr)
-            return 1
-
-    return run
+_reported = reported("catalog", SCHEMA, UnknownUser, UnknownProgram, MembershipRefused, NotAllowed)
 
 
 @_reported

@@ -8,22 +8,20 @@ argparse adapter, calling the same functions as the HTTP API.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import asyncpg
 from pydantic import Field, ValidationError
 
 from services.notifier import storage, subscriptions
 from services.notifier.levels import LevelOrder
 from services.notifier.models import TRIGGERS, Subscription, SubscriptionRequest
 from services.notifier.webhooks import HookResult, PublicResolver, WebhookSender
+from skyport.commands import CommandError, reported, with_database
 from skyport.db import Database
 from skyport.instruments import load_instruments
 from skyport.settings import CommonSettings
@@ -43,10 +41,6 @@ class CommandSettings(CommonSettings):
         default=False, description="As the notifier's: http:// and local receivers allowed (development only)."
     )
     notifier_webhook_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds a receiver has.")
-
-
-class CommandError(Exception):
-    """A mistake an operator can fix, reported in one line."""
 
 
 async def subscribe(db: Database, levels: LevelOrder, username: str, email: str, **fields: Any) -> Subscription:
@@ -145,30 +139,10 @@ def add_commands(commands: Any) -> None:
 
 
 def _run(command: Callable[[Database], Awaitable[T]]) -> T:
-    settings = CommandSettings()
-
-    async def main() -> T:
-        db = await Database.connect(settings.database_url, SCHEMA, min_size=1, max_size=1)
-        try:
-            return await command(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(main())
+    return with_database(SCHEMA, command, CommandSettings())
 
 
-def _reported(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except CommandError as exc:
-            print(f"skyport notifier: {exc}", file=sys.stderr)
-            return 1
-        except asyncpg.UndefinedTableError:
-            print("skyport notifier: the notifier schema is missing: run `skyport migrate notifier`", file=sys.stderr)
-            return 1
-
-    return run
+_reported = reported("notifier", SCHEMA)
 
 
 @_reported
