@@ -4,28 +4,21 @@ with transactions that commit or roll back as PostgreSQL's do. Injected where th
 
 from __future__ import annotations
 
-import asyncio
-import copy
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from services.ingestor.ingest import BatchEventHandler, EventHandler
 from services.ingestor.storage import ArchivedVersion
-from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent
+from tests.support.fake_database import BaseTables, FakeDatabase
 
 
 @dataclass
-class Tables:
+class Tables(BaseTables):
     """What the ingestor's schema holds; a transaction works on a copy and puts it back at commit."""
 
     versions: dict[str, list[ArchivedVersion]] = field(default_factory=dict)
     superseded: dict[str, dict[str, int]] = field(default_factory=dict)  # archive ID -> sha256 -> version
-    outbox: list[CloudEvent[Any]] = field(default_factory=list)
-    handled: set[tuple[str, str]] = field(default_factory=set)  # (consumer, event id)
 
 
 class FakeVersions:
@@ -91,44 +84,8 @@ class FakeUnitOfWork:
         self.tables.outbox.append(event)
 
 
-class FakeIngestorDatabase:
+class FakeIngestorDatabase(FakeDatabase[Tables, FakeUnitOfWork]):
     """Transactions one at a time (as the archive ID's lock orders them), each committed whole or not at all."""
 
     def __init__(self) -> None:
-        self.tables = Tables()
-        self._lock = asyncio.Lock()
-
-    @property
-    def outbox(self) -> list[CloudEvent[Any]]:
-        return self.tables.outbox
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[FakeUnitOfWork]:
-        async with self._lock:
-            working = copy.deepcopy(self.tables)
-            yield FakeUnitOfWork(working)
-            self.tables = working  # commit; an exception in the block leaves the tables as they were
-
-    def consumer(self, name: str, handler: EventHandler) -> Handler:
-        """As ``skyport.db.idempotent``: the event id is claimed in the handler's transaction."""
-
-        async def handle(event: CloudEvent[Any]) -> None:
-            async with self.transaction() as unit:
-                if (name, event.id) in unit.tables.handled:
-                    return
-                unit.tables.handled.add((name, event.id))
-                await handler(unit, event)
-
-        return handle
-
-    def batch_consumer(self, name: str, handler: BatchEventHandler) -> BatchHandler:
-        """As ``skyport.db.idempotent_batch``: the batch's new event ids claimed in the handler's transaction."""
-
-        async def handle(events: Sequence[CloudEvent[Any]]) -> None:
-            async with self.transaction() as unit:
-                fresh = {e.id: e for e in events if (name, e.id) not in unit.tables.handled}
-                unit.tables.handled.update((name, event_id) for event_id in fresh)
-                if fresh:
-                    await handler(unit, list(fresh.values()))
-
-        return handle
+        super().__init__(Tables(), FakeUnitOfWork)

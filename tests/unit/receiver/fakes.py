@@ -3,32 +3,26 @@ that commit or roll back as PostgreSQL's do. Injected where the service injects 
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from services.receiver.storage import Transfer
-from services.receiver.transfers import BatchEventHandler, EventHandler
-from skyport.bus import BatchHandler, Handler
 from skyport.events import CloudEvent, IngestCompleted, IngestFailed
 from skyport.http import hash_token
 from skyport.transfer import Manifest, TransferState, TransferStatus
+from tests.support.fake_database import BaseTables, FakeDatabase
 
 
 @dataclass
-class Tables:
+class Tables(BaseTables):
     """What the receiver's schema holds; a transaction works on a copy and puts it back at commit."""
 
     sites: dict[str, str] = field(default_factory=dict)  # token sha256 -> site name
     transfers: dict[str, Transfer] = field(default_factory=dict)
-    outbox: list[CloudEvent[Any]] = field(default_factory=list)
-    handled: set[tuple[str, str]] = field(default_factory=set)  # (consumer, event id)
 
 
 class FakeSites:
@@ -122,59 +116,19 @@ class FakeUnitOfWork:
         self.tables.outbox.append(event)
 
 
-class FakeReceiverDatabase:
+class FakeReceiverDatabase(FakeDatabase[Tables, FakeUnitOfWork]):
     """Transactions one at a time (as the row locks would order them here), each committed whole or not at all."""
 
     def __init__(self) -> None:
-        self.tables = Tables()
-        self._lock = asyncio.Lock()
+        super().__init__(Tables(), FakeUnitOfWork)
 
     def add_site(self, name: str) -> str:
         token = secrets.token_urlsafe(16)
         self.tables.sites[hash_token(token)] = name
         return token
 
-    @property
-    def outbox(self) -> list[CloudEvent[Any]]:
-        return self.tables.outbox
-
     def transfer(self, transfer_id: str) -> Transfer:
         return self.tables.transfers[transfer_id]
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[FakeUnitOfWork]:
-        async with self._lock:
-            working = copy.deepcopy(self.tables)
-            yield FakeUnitOfWork(working)
-            self.tables = working  # commit; an exception in the block leaves the tables as they were
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[FakeUnitOfWork]:
-        yield FakeUnitOfWork(self.tables)
-
-    def consumer(self, name: str, handler: EventHandler) -> Handler:
-        """As ``skyport.db.idempotent``: the event id is claimed in the handler's transaction."""
-
-        async def handle(event: CloudEvent[Any]) -> None:
-            async with self.transaction() as unit:
-                if (name, event.id) in unit.tables.handled:
-                    return
-                unit.tables.handled.add((name, event.id))
-                await handler(unit, event)
-
-        return handle
-
-    def batch_consumer(self, name: str, handler: BatchEventHandler) -> BatchHandler:
-        """As ``skyport.db.idempotent_batch``: the batch's new event ids claimed in the handler's transaction."""
-
-        async def handle(events: Sequence[CloudEvent[Any]]) -> None:
-            async with self.transaction() as unit:
-                fresh = {e.id: e for e in events if (name, e.id) not in unit.tables.handled}
-                unit.tables.handled.update((name, event_id) for event_id in fresh)
-                if fresh:
-                    await handler(unit, list(fresh.values()))
-
-        return handle
 
 
 def _now() -> datetime:
