@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from skyport.bus import Bus, create_bus
-from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
+from skyport.db import Database
+from tests.support.schemas import migrated_schema
 from tests.support.servers import AMQP_URL, DATABASE_URL, ensure_postgresql, ensure_rabbitmq
 
 
@@ -31,19 +31,8 @@ def database_url() -> str:
 @pytest.fixture
 async def database(unique: str) -> AsyncIterator[Database]:
     """A pool on a fresh schema with the library's tables (outbox, processed_events), dropped afterwards."""
-    schema = f"test_{unique}"
-    db = await Database.connect(DATABASE_URL, schema, min_size=1, max_size=6)
-    async with db.pool.acquire() as conn:
-        await Migrator(schema, {"skyport": LIBRARY_MIGRATIONS}).apply(conn)
-    try:
+    async with migrated_schema(DATABASE_URL, f"test_{unique}") as db:
         yield db
-    finally:
-        await db.close()
-        conn = await asyncpg.connect(DATABASE_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
-import asyncpg
-
 from services.catalog.app import file_archived_subscription
 from services.catalog.app import service as catalog_service
 from services.catalog.cataloguing import Cataloguer
 from services.catalog.settings import CatalogSettings
 from skyport.bus import Bus, Subscription
-from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator, OutboxRelay
+from skyport.db import Database, OutboxRelay
 from skyport.events import CloudEvent, FileArchived
+from tests.support.schemas import migrated_schema
 
 PUBLIC_URL = "https://archive.test"
 FAR_FUTURE = date(2099, 1, 1)
@@ -91,18 +90,8 @@ def event_of(data: FileArchived) -> CloudEvent[FileArchived]:
 async def catalog_database(database_url: str, schema: str) -> AsyncIterator[Database]:
     """A pool on a fresh schema with the catalog's migrations, dropped afterwards."""
     assert catalog_service.migrations is not None
-    db = await Database.connect(database_url, schema, min_size=1, max_size=10)
-    async with db.pool.acquire() as conn:
-        await Migrator(schema, {"skyport": LIBRARY_MIGRATIONS, "catalog": catalog_service.migrations}).apply(conn)
-    try:
+    async with migrated_schema(database_url, schema, {"catalog": catalog_service.migrations}, max_size=10) as db:
         yield db
-    finally:
-        await db.close()
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 class Received:

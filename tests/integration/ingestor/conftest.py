@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from services.ingestor.app import service as ingestor_service
@@ -18,30 +17,21 @@ from services.ingestor.handlers.events import on_transfer_received
 from services.ingestor.ingest import Ingestor
 from services.ingestor.storage import PostgresIngestorDatabase
 from services.monitor.dep import evaluate
-from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
-from skyport.events import CloudEvent, ReplacedContent, TransferReceived
+from skyport.db import Database
+from skyport.events import CloudEvent, ReplacedContent
 from skyport.instruments import InstrumentCatalog, load_instruments
 from skyport.transfer import Manifest
 from tests.support.flow import INSTRUMENTS
+from tests.support.schemas import migrated_schema
 from tests.support.servers import DATABASE_URL
+from tests.support.transfers import transfer_received
 
 
 @pytest.fixture
 async def db(unique: str) -> AsyncIterator[Database]:
-    schema = f"ingestor_{unique}"
     assert ingestor_service.migrations is not None
-    db = await Database.connect(DATABASE_URL, schema, min_size=1, max_size=4)
-    async with db.pool.acquire() as conn:
-        await Migrator(schema, {"skyport": LIBRARY_MIGRATIONS, "ingestor": ingestor_service.migrations}).apply(conn)
-    try:
+    async with migrated_schema(DATABASE_URL, f"ingestor_{unique}", {"ingestor": ingestor_service.migrations}) as db:
         yield db
-    finally:
-        await db.close()
-        conn = await asyncpg.connect(DATABASE_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 class Site:
@@ -63,18 +53,7 @@ class Site:
         transfer_id = str(uuid.uuid4())
         self.staging.mkdir(parents=True, exist_ok=True)
         (self.staging / transfer_id).write_bytes(content)
-        received = TransferReceived(
-            transfer_id=transfer_id,
-            site="test",
-            staged_path=transfer_id,
-            **manifest.model_dump(include={"archive_id", "mission", "instrument", "level", "propid", "obset"}),
-            original_filename=manifest.original_filename,
-            size_bytes=manifest.size_bytes,
-            sha256=manifest.sha256,
-            metadata=manifest.metadata,
-            written_at=manifest.written_at,
-            replaces=manifest.replaces,
-        )
+        received = transfer_received(manifest, transfer_id, transfer_id, site="test")
         async with PostgresIngestorDatabase(self.db).transaction() as unit:
             await on_transfer_received(self.ingestor)(unit, CloudEvent.create(received, source="/test"))
 

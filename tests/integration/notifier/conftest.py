@@ -28,9 +28,10 @@ from services.notifier.mailer import Mailer, SmtpMailer
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhooks import WebhookSender
 from skyport.bus import Bus
-from skyport.db import LIBRARY_MIGRATIONS, Database, Migrator
+from skyport.db import Database
 from tests.support.catalog import CatalogInProcess, catalog_database
 from tests.support.catalog_api import ApiClient, serve_catalog_api
+from tests.support.schemas import migrated_schema
 from tests.support.servers import DATABASE_URL
 from tests.support.smtp import Mailbox, smtp_server
 
@@ -193,17 +194,6 @@ async def world(bus: Bus, unique: str, mailbox: tuple[Mailbox, int], tmp_path: P
 
 @contextlib.asynccontextmanager
 async def notifier_database(unique: str) -> AsyncIterator[Database]:
-    schema = f"test_{unique}_ntf"
-    db = await Database.connect(DATABASE_URL, schema, min_size=1, max_size=6)
-    async with db.pool.acquire() as conn:
-        assert notifier_service.migrations is not None
-        await Migrator(schema, {"skyport": LIBRARY_MIGRATIONS, "notifier": notifier_service.migrations}).apply(conn)
-    try:
+    assert notifier_service.migrations is not None
+    async with migrated_schema(DATABASE_URL, f"test_{unique}_ntf", {"notifier": notifier_service.migrations}) as db:
         yield db
-    finally:
-        await db.close()
-        conn = await asyncpg.connect(DATABASE_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()

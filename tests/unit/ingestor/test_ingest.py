@@ -28,6 +28,7 @@ from skyport.instruments import load_instruments
 from skyport.simulator import Simulator
 from skyport.transfer import Manifest
 from tests.support.flow import INSTRUMENTS
+from tests.support.transfers import transfer_received
 from tests.support.waiting import eventually
 from tests.unit.ingestor.fakes import FakeIngestorDatabase, FakeVersions
 
@@ -66,18 +67,7 @@ class Archive:
         staged_path = f"{transfer_id[:2]}/{transfer_id}"
         (self.staging / staged_path).parent.mkdir(parents=True, exist_ok=True)
         (self.staging / staged_path).write_bytes(content)
-        data = TransferReceived(
-            transfer_id=transfer_id,
-            site="keck",
-            staged_path=staged_path,
-            **manifest.model_dump(include={"archive_id", "mission", "instrument", "level", "propid", "obset"}),
-            original_filename=manifest.original_filename,
-            size_bytes=manifest.size_bytes,
-            sha256=manifest.sha256,
-            metadata=manifest.metadata,
-            written_at=manifest.written_at,
-            replaces=manifest.replaces,
-        )
+        data = transfer_received(manifest, transfer_id, staged_path, site="keck")
         return CloudEvent.create(data, source="/skyport/receiver", correlation_id=transfer_id)
 
     async def send(self, manifest: Manifest, content: bytes) -> IngestCompleted | IngestFailed:
